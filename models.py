@@ -1,0 +1,239 @@
+"""The networks of SRResNet and SRGAN (Ledig et al., CVPR 2017), and nothing else.
+
+    SRResNet / Generator  LR image (ImageNet-normed) -> SR image in [-1, 1], `scaling_factor` x larger
+    Discriminator         HR or SR image (ImageNet-normed) -> one logit per image ("is it natural?")
+    TruncatedVGG19        image (ImageNet-normed) -> VGG19 feature map phi_{i,j}, for the content loss
+
+Importing this module builds nothing, loads nothing and touches no device.
+"""
+import math
+import os
+
+import torch
+from torch import nn
+
+
+class ConvolutionalBlock(nn.Module):
+    """Convolution, then optional batch norm, then an optional activation.
+
+    Args:
+        in_channels, out_channels: channels in and out.
+        kernel_size: square kernel side; padding keeps the size when stride is 1.
+        stride: 1, or 2 to halve the height and width.
+        batch_norm: add a BatchNorm2d after the convolution.
+        activation: None, 'prelu', 'leakyrelu' or 'tanh'.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, batch_norm=False, activation=None):
+        super().__init__()
+        activations = {'prelu': nn.PReLU, 'leakyrelu': lambda: nn.LeakyReLU(0.2), 'tanh': nn.Tanh}
+        if activation is not None and activation not in activations:
+            raise ValueError(f"activation must be None or one of {sorted(activations)}, got {activation!r}")
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if activation is not None:
+            layers.append(activations[activation]())
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        """(N, in_channels, H, W) -> (N, out_channels, H / stride, W / stride)."""
+        return self.conv_block(x)
+
+
+class SubPixelConvolutionalBlock(nn.Module):
+    """Upscale x2 by sub-pixel convolution: a convolution makes 4 times the channels, and a
+    pixel shuffle rearranges each group of 4 channels into a 2x2 patch of new pixels.
+
+    All the learned work happens at the low resolution, which is why it is cheap.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, scaling_factor=2):
+        super().__init__()
+        self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
+        self.pixel_shuffle = nn.PixelShuffle(upscale_factor=scaling_factor)
+        self.prelu = nn.PReLU()
+
+    def forward(self, x):
+        """(N, C, H, W) -> (N, C, H * s, W * s)."""
+        x = self.conv(x)  # (N, C * s * s, H, W)
+        x = self.pixel_shuffle(x)  # (N, C, H * s, W * s)
+        return self.prelu(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutional blocks (BN + PReLU, then BN alone) with a skip connection across
+    them, so the block only has to learn a correction to its input."""
+
+    def __init__(self, kernel_size=3, n_channels=64):
+        super().__init__()
+        self.conv_block1 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation='prelu')
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation=None)
+
+    def forward(self, x):
+        """(N, C, H, W) -> (N, C, H, W)."""
+        return x + self.conv_block2(self.conv_block1(x))
+
+
+class SRResNet(nn.Module):
+    """The super-resolution residual network.
+
+    Args:
+        large_kernel_size: kernel of the first and last convolutions (paper: 9).
+        small_kernel_size: kernel of every other convolution (paper: 3).
+        n_channels: feature channels throughout (paper: 64).
+        n_blocks: residual blocks (paper: 16).
+        scaling_factor: 2, 4 or 8; made of log2(scaling_factor) x2 sub-pixel blocks.
+
+    Input: LR images, ImageNet-normed, (N, 3, h, w). Output: (N, 3, h * s, w * s) in [-1, 1].
+    """
+
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
+        super().__init__()
+        if scaling_factor not in (2, 4, 8):
+            raise ValueError(f"scaling_factor must be 2, 4 or 8, got {scaling_factor}")
+        self.conv_block1 = ConvolutionalBlock(3, n_channels, large_kernel_size, activation='prelu')
+        self.residual_blocks = nn.Sequential(*[ResidualBlock(small_kernel_size, n_channels) for _ in range(n_blocks)])
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, small_kernel_size, batch_norm=True)
+        n_upscales = int(math.log2(scaling_factor))
+        self.subpixel_convolutional_blocks = nn.Sequential(
+            *[SubPixelConvolutionalBlock(small_kernel_size, n_channels, 2) for _ in range(n_upscales)])
+        self.conv_block3 = ConvolutionalBlock(n_channels, 3, large_kernel_size, activation='tanh')
+
+    def forward(self, lr_imgs):
+        """(N, 3, h, w) ImageNet-normed -> (N, 3, h * s, w * s) in [-1, 1]."""
+        output = self.conv_block1(lr_imgs)  # (N, 64, h, w)
+        residual = output
+        output = self.residual_blocks(output)  # (N, 64, h, w)
+        output = self.conv_block2(output) + residual  # (N, 64, h, w): the long skip connection
+        output = self.subpixel_convolutional_blocks(output)  # (N, 64, h * s, w * s)
+        return self.conv_block3(output)  # (N, 3, h * s, w * s), in [-1, 1]
+
+
+class Generator(SRResNet):
+    """The SRGAN generator. It is an SRResNet, so a trained SRResNet's state_dict loads into it
+    as it is, which gives adversarial training a good start."""
+
+
+class Discriminator(nn.Module):
+    """The SRGAN discriminator: a binary classifier of natural (HR) against super-resolved images.
+
+    Args:
+        kernel_size: kernel of every convolution (paper: 3).
+        n_channels: channels of the first block, doubled every second block (paper: 64).
+        n_blocks: convolutional blocks (paper: 8); every other one halves the size (stride 2).
+        fc_size: width of the hidden linear layer (paper: 1024).
+
+    Input: (N, 3, H, W) ImageNet-normed, H and W at least 96. Output: (N,) logits.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):
+        super().__init__()
+        blocks = []
+        in_channels = 3
+        for i in range(n_blocks):
+            out_channels = (n_channels if i == 0 else in_channels * 2) if i % 2 == 0 else in_channels
+            blocks.append(ConvolutionalBlock(in_channels, out_channels, kernel_size, stride=1 + i % 2,
+                                             batch_norm=i != 0, activation='leakyrelu'))
+            in_channels = out_channels
+        self.conv_blocks = nn.Sequential(*blocks)
+        # A fixed 6x6 grid (96 / 2**4) whatever the input size, so the linear layer always fits.
+        self.adaptive_pool = nn.AdaptiveAvgPool2d((6, 6))
+        self.fc1 = nn.Linear(out_channels * 6 * 6, fc_size)
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.fc2 = nn.Linear(fc_size, 1)
+
+    def forward(self, imgs):
+        """(N, 3, H, W) ImageNet-normed -> (N,) logits; sigmoid(logit) = P(natural)."""
+        output = self.conv_blocks(imgs)  # (N, 512, H / 16, W / 16)
+        output = self.adaptive_pool(output)  # (N, 512, 6, 6)
+        output = self.leaky_relu(self.fc1(output.flatten(1)))  # (N, fc_size)
+        return self.fc2(output).squeeze(1)  # (N,)
+
+
+class TruncatedVGG19(nn.Module):
+    """VGG19 cut after the j-th convolution (and its ReLU) before the i-th max-pool: the paper's
+    phi_{i,j} feature space, where the SRGAN's content loss is measured. Its weights are frozen.
+
+    Args:
+        i, j: which feature map (paper: i=5, j=4, the last convolution of VGG19).
+        weights: 'imagenet' for torchvision's ImageNet weights (from its cache, or downloaded),
+            a path to a local VGG19 state_dict file, or '' for random weights (tests, offline).
+
+    Input: (N, 3, H, W) ImageNet-normed. Output: (N, 512, H / 16, W / 16) for i=5, j=4.
+    """
+
+    def __init__(self, i=5, j=4, weights='imagenet'):
+        super().__init__()
+        from torchvision.models import vgg19  # imported here so that `import models` stays light
+        vgg = vgg19(weights=None)
+        if weights == 'imagenet':
+            vgg.load_state_dict(_imagenet_vgg19_state_dict())
+        elif weights:
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(f"VGG19 weights file not found: {weights}")
+            vgg.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
+
+        # Walk the feature layers, counting max-pools and the convolutions since the last one.
+        maxpool_counter, conv_counter, end = 0, 0, None
+        for index, layer in enumerate(vgg.features):
+            if isinstance(layer, nn.Conv2d):
+                conv_counter += 1
+            if isinstance(layer, nn.MaxPool2d):
+                maxpool_counter += 1
+                conv_counter = 0
+            if maxpool_counter == i - 1 and conv_counter == j:
+                end = index + 2  # keep the ReLU that follows this convolution
+                break
+        if end is None:
+            raise ValueError(f"VGG19 has no convolution j={j} before max-pool i={i}")
+        self.truncated_vgg19 = nn.Sequential(*list(vgg.features.children())[:end])
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        """Stay in eval mode: VGG19 has no BatchNorm or dropout, but a frozen net should say so."""
+        return super().train(False)
+
+    def forward(self, imgs):
+        """(N, 3, H, W) ImageNet-normed -> (N, 512, H / 16, W / 16) features."""
+        return self.truncated_vgg19(imgs)
+
+
+def _imagenet_vgg19_state_dict():
+    """torchvision's ImageNet VGG19 weights, through its own weights API and cache, with a clear
+    error instead of a download traceback when they are neither cached nor reachable."""
+    from torchvision.models import VGG19_Weights
+    weights = VGG19_Weights.IMAGENET1K_V1
+    file_name = os.path.basename(weights.url)
+    cache_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as error:  # URLError, socket errors, HTTP errors: all mean "not available here"
+        raise RuntimeError(
+            f"The ImageNet VGG19 weights are not in torchvision's cache and could not be downloaded "
+            f"({type(error).__name__}). Download {weights.url} on a machine with internet access and "
+            f"put {file_name} in {cache_dir} (the TORCH_HOME cache), or pass a local VGG19 state_dict "
+            f"file as the weights (vgg19_weights='/path/to/{file_name}' in train_srgan.py).") from None
+
+
+def fold_batchnorm(model):
+    """Fold every eval-mode BatchNorm2d into the convolution before it, for inference.
+
+    A BatchNorm in eval mode is a fixed per-channel affine map, y = a * x + b, so it can be
+    merged into the preceding convolution's weights and bias: one layer less to run, the same
+    output up to float rounding. Works in place on ConvolutionalBlocks and returns the model.
+    """
+    for module in model.modules():
+        if isinstance(module, ConvolutionalBlock) and len(module.conv_block) > 1 \
+                and isinstance(module.conv_block[1], nn.BatchNorm2d):
+            conv, bn = module.conv_block[0], module.conv_block[1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+            with torch.no_grad():
+                fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                fused.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+            module.conv_block = nn.Sequential(fused, *list(module.conv_block)[2:])
+    return model
