@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import ImageTransforms
+from utils import ImageTransforms, pil_to_rgb
 
 
 class SRDataset(Dataset):
@@ -53,7 +53,7 @@ class SRDataset(Dataset):
     def _decode(path):
         """The image at `path` as a (H, W, 3) uint8 array."""
         with Image.open(path) as img:
-            return np.asarray(img.convert('RGB'))
+            return np.asarray(pil_to_rgb(img))
 
     def __len__(self):
         return len(self.images)

@@ -165,18 +165,25 @@ class TruncatedVGG19(nn.Module):
 
     def __init__(self, i=5, j=4, weights='imagenet'):
         super().__init__()
-        from torchvision.models import vgg19  # imported here so that `import models` stays light
-        vgg = vgg19(weights=None)
+        from torchvision.models.vgg import cfgs, make_layers  # imported here: `import models` stays light
+        # Find the weights before building VGG19 (seconds of random initialisation), so that
+        # missing weights are reported at once.
+        state_dict = None
         if weights == 'imagenet':
-            vgg.load_state_dict(_imagenet_vgg19_state_dict())
+            state_dict = _imagenet_vgg19_state_dict()
         elif weights:
             if not os.path.isfile(weights):
                 raise FileNotFoundError(f"VGG19 weights file not found: {weights}")
-            vgg.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
+            state_dict = torch.load(weights, map_location='cpu', weights_only=True)
+        # VGG19's convolutional part alone: its 120M-parameter classifier is never used here.
+        features = make_layers(cfgs['E'])
+        if state_dict is not None:
+            features.load_state_dict({key[len('features.'):]: value for key, value in state_dict.items()
+                                      if key.startswith('features.')})
 
         # Walk the feature layers, counting max-pools and the convolutions since the last one.
         maxpool_counter, conv_counter, end = 0, 0, None
-        for index, layer in enumerate(vgg.features):
+        for index, layer in enumerate(features):
             if isinstance(layer, nn.Conv2d):
                 conv_counter += 1
             if isinstance(layer, nn.MaxPool2d):
@@ -187,7 +194,7 @@ class TruncatedVGG19(nn.Module):
                 break
         if end is None:
             raise ValueError(f"VGG19 has no convolution j={j} before max-pool i={i}")
-        self.truncated_vgg19 = nn.Sequential(*list(vgg.features.children())[:end])
+        self.truncated_vgg19 = nn.Sequential(*list(features.children())[:end])
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         self.eval()

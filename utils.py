@@ -28,6 +28,18 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 # Image conversions
 # ----------------------------------------------------------------------------------------------
 
+def pil_to_rgb(img):
+    """A PIL image as 8-bit RGB.
+
+    16-bit greyscale (modes 'I;16*', and 'I', which older Pillow gives 16-bit PNGs) is scaled to
+    8 bits first: Pillow's own conversion clips it at 255, which would turn most of it white.
+    """
+    if img.mode == 'I' or img.mode.startswith('I;16'):
+        grey = np.asarray(img).astype(np.float64) / 257.  # (H, W), 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8))  # mode 'L'
+    return img.convert('RGB')
+
+
 def _channel_view(values, img):
     """A per-channel constant shaped to broadcast over a (3, H, W) or (N, 3, H, W) image."""
     shape = (3, 1, 1) if img.dim() == 3 else (1, 3, 1, 1)
@@ -55,7 +67,7 @@ def convert_image(img, source, target):
         raise ValueError(f"target must be one of {targets}, got {target!r}")
 
     if source == 'pil':
-        array = np.asarray(img.convert('RGB'), dtype=np.float32) / 255.  # (H, W, 3), in [0, 1]
+        array = np.asarray(pil_to_rgb(img), dtype=np.float32) / 255.  # (H, W, 3), in [0, 1]
         img = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W), in [0, 1]
     elif source == '[-1, 1]':
         img = (img + 1.) / 2.  # in [0, 1]
@@ -130,7 +142,7 @@ class ImageTransforms:
 
     def to_pair(self, hr_img):
         """An already-cropped HR PIL image -> (lr_img, hr_img) tensors."""
-        hr_img = hr_img.convert('RGB')
+        hr_img = pil_to_rgb(hr_img)
         lr_img = hr_img.resize((hr_img.width // self.scaling_factor, hr_img.height // self.scaling_factor),
                                Image.BICUBIC)
         lr_img = convert_image(lr_img, source='pil', target=self.lr_img_type)  # (3, h, w)
@@ -221,7 +233,7 @@ def compute_psnr_ssim(sr_img, hr_img, crop_border):
         raise ValueError(f"images differ in size: {sr_img.size} vs {hr_img.size}")
 
     def y_channel(img):
-        rgb = np.asarray(img.convert('RGB'), dtype=np.float64) / 255.  # (H, W, 3), in [0, 1]
+        rgb = np.asarray(pil_to_rgb(img), dtype=np.float64) / 255.  # (H, W, 3), in [0, 1]
         y = 16. + rgb @ np.array(RGB_WEIGHTS_Y)  # (H, W), in [16, 235]
         return y[crop_border:y.shape[0] - crop_border, crop_border:y.shape[1] - crop_border] if crop_border else y
 
@@ -242,16 +254,20 @@ def parse_config(script_globals, argv):
 
     The constants are the script's annotated globals (`batch_size: int = 16`). Values parse as
     Python literals where they can, else as strings. An unknown key or a value of the wrong type
-    is refused before any work starts. The script's globals are updated, and the final config is
-    returned as a namespace (vars(config) is the snapshot stored in checkpoints).
+    is refused before anything is printed or any work starts. The script's globals are left as
+    they are (so main() can run again in the same process), and the config is returned as a
+    namespace: vars(config) is the snapshot printed and stored in checkpoints.
     """
-    annotations = script_globals.get('__annotations__', {})
+    annotations = script_globals.get('__annotations__') \
+        or getattr(sys.modules.get(script_globals.get('__name__')), '__annotations__', {})  # Python 3.14 is lazy
     script = os.path.basename(script_globals.get('__file__', 'script'))
     if any(arg in ('-h', '--help') for arg in argv):
         print(f"usage: python {script} [--key=value ...]\n\nconstants and their defaults:")
         for key in annotations:
             print(f"  --{key}={script_globals[key]!r}")
         sys.exit(0)
+    config = {key: script_globals[key] for key in annotations}
+    overrides = {}
     for arg in argv:
         if not arg.startswith('--') or '=' not in arg:
             sys.exit(f"{script}: arguments take the form --key=value, got {arg!r}")
@@ -260,7 +276,8 @@ def parse_config(script_globals, argv):
             sys.exit(f"{script}: unknown key {key!r}; known keys: {', '.join(annotations)}")
         expected = annotations[key]
         if expected is str:
-            value = text  # a path or a name, never a literal: --checkpoint=123 means the file "123"
+            # A path or a name: --checkpoint=123 means the file "123", and a quoted '' means empty.
+            value = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in '"\'' else text
         else:
             try:
                 value = ast.literal_eval(text)
@@ -272,9 +289,11 @@ def parse_config(script_globals, argv):
                 value = list(value)
             if type(value) is not expected:
                 sys.exit(f"{script}: --{key} must be of type {expected.__name__}, got {text!r}")
+        overrides[key] = value
+    for key, value in overrides.items():
         print(f"Overriding: {key} = {value!r}")
-        script_globals[key] = value
-    return types.SimpleNamespace(**{key: script_globals[key] for key in annotations})
+    config.update(overrides)
+    return types.SimpleNamespace(**config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,14 +313,21 @@ def pick_device(name='auto'):
 
 
 def amp_settings(device, amp):
-    """(autocast dtype or None, use a GradScaler?) for a device: the one place precision is decided.
+    """(autocast dtype or None, use a GradScaler?): the one place precision is decided.
 
-    CUDA: bf16 where the card supports it, else fp16 with a GradScaler (fp16's narrow range needs
-    loss scaling, bf16's does not). CPU: bf16 autocast when asked. Off: (None, False).
+    amp: 'auto' is bf16 on CUDA cards that support it, else fp16 with a GradScaler (fp16's narrow
+    range needs loss scaling, bf16's does not), and off elsewhere; 'bf16', 'fp16' and 'off' force
+    a choice (both run on the CPU too, which is how the tests exercise the mixed-precision paths).
     """
-    if not amp or device.type not in ('cuda', 'cpu'):
+    if amp not in ('auto', 'bf16', 'fp16', 'off'):
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+    if amp == 'auto':
+        if device.type != 'cuda':
+            return None, False
+        amp = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    if amp == 'off':
         return None, False
-    if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+    if amp == 'fp16':
         return torch.float16, True
     return torch.bfloat16, False
 
@@ -314,8 +340,10 @@ def seed_everything(seed):
 
 
 def rng_states():
-    """The random number generators' states, for a checkpoint."""
-    states = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """The random number generators' states, for a checkpoint, in types that weights_only loads."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {'python': random.getstate(), 'numpy': (name, keys.tolist(), position, has_gauss, cached_gaussian),
+              'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         states['cuda'] = torch.cuda.get_rng_state_all()
     return states
@@ -324,7 +352,8 @@ def rng_states():
 def set_rng_states(states):
     """Restore what rng_states() returned."""
     random.setstate(states['python'])
-    np.random.set_state(states['numpy'])
+    name, keys, position, has_gauss, cached_gaussian = states['numpy']
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])
@@ -373,18 +402,22 @@ def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint
     return checkpoint
 
 
-def load_sr_model(path, device='cpu'):
+def load_sr_model(path, device='cpu', kind=''):
     """Rebuild a trained SRResNet or SRGAN generator from its checkpoint, in eval mode.
 
     Accepts this project's SRResNet checkpoints ('model') and SRGAN checkpoints ('generator'),
-    both with 'model_args'. Returns (model, checkpoint dict).
+    both with 'model_args'. kind: 'srresnet' or 'srgan' insists on that kind of checkpoint (a
+    clear error naming the file otherwise); '' takes either. Returns (model, checkpoint dict).
     """
     from models import SRResNet  # local import keeps the core's import graph one-way
-    checkpoint = load_checkpoint(path, map_location='cpu', required_keys=('model_args',),
-                                 kind='SRResNet or SRGAN checkpoint')
-    key = 'model' if 'model' in checkpoint else 'generator'
-    if key not in checkpoint:
-        raise ValueError(f"{path} is not an SRResNet or SRGAN checkpoint: it has neither 'model' nor 'generator'")
+    names = {'': 'SRResNet or SRGAN checkpoint', 'srresnet': 'SRResNet checkpoint', 'srgan': 'SRGAN checkpoint'}
+    if kind not in names:
+        raise ValueError(f"kind must be '', 'srresnet' or 'srgan', got {kind!r}")
+    checkpoint = load_checkpoint(path, map_location='cpu', required_keys=('model_args',), kind=names[kind])
+    key = {'srresnet': 'model', 'srgan': 'generator'}.get(kind) or ('model' if 'model' in checkpoint else 'generator')
+    if key not in checkpoint or (kind == 'srresnet' and 'generator' in checkpoint):
+        raise ValueError(f"{path} is not an {names[kind]}: it has the keys {sorted(checkpoint)} (SRResNet "
+                         f"checkpoints hold 'model', SRGAN checkpoints 'generator')")
     model = SRResNet(**checkpoint['model_args'])
     model.load_state_dict({name: tensor.float() for name, tensor in checkpoint[key].items()})
     return model.to(device).eval(), checkpoint
@@ -394,7 +427,8 @@ def unwrap(model):
     """The plain module inside DistributedDataParallel or torch.compile wrappers, whose
     state_dict keys carry no 'module.' or '_orig_mod.' prefixes."""
     while hasattr(model, 'module') or hasattr(model, '_orig_mod'):
-        model = getattr(model, 'module', None) or getattr(model, '_orig_mod')
+        # Not `getattr(...) or ...`: an empty nn.Sequential is falsy.
+        model = model.module if hasattr(model, 'module') else model._orig_mod
     return model
 
 
@@ -450,3 +484,149 @@ def evaluate_sr(model, dataset, device, scaling_factor, autocast_dtype=None, pro
         hr_pil = convert_image(hr_img, source='[-1, 1]', target='pil')
         results.append(compute_psnr_ssim(sr_pil, hr_pil, crop_border=scaling_factor))
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by train_srresnet.py and train_srgan.py
+# ----------------------------------------------------------------------------------------------
+
+def setup_distributed(device_name):
+    """Pick the device and, under torchrun, join the process group.
+
+    Launched with plain `python`, this is single-process: (device, rank 0, world size 1), and no
+    distributed code runs. Under `torchrun`, each process takes its own GPU (LOCAL_RANK) and
+    joins with NCCL on CUDA or Gloo on the CPU. Returns (device, rank, world_size).
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    device = pick_device(device_name)
+    if world_size == 1:
+        return device, 0, 1
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return device, torch.distributed.get_rank(), world_size
+
+
+def wrap_distributed(model, device, sync_bn):
+    """Wrap a model in DistributedDataParallel (under torchrun), optionally with SyncBatchNorm.
+
+    SyncBatchNorm computes batch statistics over every process's batch, which matters when each
+    process holds only a few images. PyTorch runs it on GPUs only, so on the CPU it is refused.
+    The wrapped model's plain module (utils.unwrap) still saves plain BatchNorm keys.
+    """
+    if sync_bn:
+        if device.type != 'cuda':
+            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        n_sync = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+        print(f"Rank {torch.distributed.get_rank()}: {n_sync} SyncBatchNorm layers")
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+
+def cleanup_distributed(*models):
+    """Leave the process group, if there is one, with every rank holding rank 0's buffers.
+
+    DDP keeps the parameters equal, and broadcasts rank 0's buffers (BatchNorm running statistics)
+    before each forward pass; after the last one each rank has updated them with its own batch.
+    Broadcasting them once more leaves every rank with the model rank 0 saved.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for model in models:
+            for buffer in unwrap(model).buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        torch.distributed.destroy_process_group()
+
+
+def make_train_loader(dataset, batch_size, iterations, seed, start_iteration, workers, device,
+                      rank=0, world_size=1):
+    """A DataLoader over exactly the batches of iterations [start_iteration, iterations) of this rank.
+
+    The ResumableSampler makes the stream a function of (seed, position) alone, so resuming,
+    changing `workers` or adding ranks never changes what a given iteration sees.
+    """
+    from datasets import ResumableSampler  # local import: datasets imports utils
+    sampler = ResumableSampler(len(dataset), batch_size, iterations, seed, start_iteration, rank, world_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       pin_memory=device.type == 'cuda', drop_last=True)
+
+
+def validation_dataset(data_folder, name, scaling_factor):
+    """The test SRDataset <name>_test_images.json in data_folder, or None (with a note) if there is none."""
+    from datasets import SRDataset  # local import: datasets imports utils
+    if not os.path.isfile(os.path.join(data_folder, f'{name}_test_images.json')):
+        print(f"No {name}_test_images.json in {data_folder}: validation is off")
+        return None
+    return SRDataset(data_folder, 'test', 0, scaling_factor, 'imagenet-norm', '[-1, 1]', test_data_name=name)
+
+
+def validate(model, dataset, device, scaling_factor, autocast_dtype=None):
+    """Mean (PSNR, SSIM) of a model in training over a test dataset; the model is put back in train mode."""
+    model.eval()
+    scores = evaluate_sr(unwrap(model), dataset, device, scaling_factor, autocast_dtype)
+    model.train()
+    return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
+
+
+def all_finite(tensors):
+    """True when every element of every tensor is finite (no NaN, no inf)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class TrainingLog:
+    """The run's CSV log (one row per logged iteration) and its PNG plot of the curves.
+
+    Args:
+        path: the CSV file; the plot goes beside it with a .png suffix.
+        fields: column names; 'iteration' must be first.
+        resume_from: on a resumed run, the checkpoint's iteration: rows after it (logged by the
+            interrupted run after its last checkpoint) are dropped, so the log tells one story.
+    """
+
+    def __init__(self, path, fields, resume_from=0):
+        self.path, self.fields = path, list(fields)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.rows = []
+        if resume_from and os.path.isfile(path):
+            import csv
+            with open(path, newline='') as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row['iteration']) <= resume_from]
+        self._write()
+
+    def log(self, **values):
+        """Append one row (missing fields stay empty) and rewrite the CSV."""
+        self.rows.append({field: values.get(field, '') for field in self.fields})
+        self._write()
+
+    def _write(self):
+        import csv
+        tmp_path = self.path + '.tmp'
+        with open(tmp_path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp_path, self.path)
+
+    def plot(self, panels):
+        """Draw the curves to <path>.png.
+
+        panels: {panel title: [field, ...]}, one subplot per title, each field a curve against
+        iteration. Fields named like 'val_*' are drawn with markers (they are sparse).
+        """
+        import matplotlib
+        matplotlib.use('Agg')  # no display needed
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        for ax, (title, fields) in zip(axes[0], panels.items()):
+            for field in fields:
+                points = [(int(row['iteration']), float(row[field])) for row in self.rows if row[field] != '']
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker='o' if field.startswith('val_') else None, markersize=3, label=field)
+            ax.set_title(title)
+            ax.set_xlabel('iteration')
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.splitext(self.path)[0] + '.png', dpi=100)
+        plt.close(fig)
