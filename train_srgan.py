@@ -83,7 +83,7 @@ def main(argv):
         model_args = state['model_args']
     else:
         state = utils.load_checkpoint(config.srresnet_checkpoint, 'cpu', ('model', 'model_args'),
-                                      kind='SRResNet checkpoint (train it first with train_srresnet.py)')
+                                      kind='SRResNet checkpoint')
         model_args = state['model_args']
     generator = Generator(**model_args)
     discriminator = Discriminator(**discriminator_args)

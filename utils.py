@@ -626,7 +626,8 @@ class TrainingLog:
             ax.set_title(title)
             ax.set_xlabel('iteration')
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
         fig.tight_layout()
         fig.savefig(os.path.splitext(self.path)[0] + '.png', dpi=100)
         plt.close(fig)

@@ -20,3 +20,14 @@ def tiny_data(tmp_path_factory):
             Image.fromarray(pixels).save(root / folder / f'{i}.png')
     create_data_lists([str(root / 'train')], [str(root / 'Set5')], min_size=24, output_folder=str(root))
     return root
+
+
+@pytest.fixture(scope='session')
+def srresnet_checkpoint(tiny_data, tmp_path_factory):
+    """A tiny SRResNet checkpoint (2 blocks, 8 channels) written by train_srresnet.py itself."""
+    import train_srresnet
+    out_dir = tmp_path_factory.mktemp('srresnet')
+    train_srresnet.main(['--crop_size=32', '--n_blocks=2', '--n_channels=8', '--batch_size=2', '--workers=0',
+                         '--device=cpu', '--val_freq=0', f'--data_folder={tiny_data}', f'--out_dir={out_dir}',
+                         '--iterations=2'])
+    return str(out_dir / 'checkpoint_srresnet.pth')
