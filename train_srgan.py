@@ -37,7 +37,7 @@ n_blocks_d: int = 8  # discriminator convolutional blocks (paper: 8)
 fc_size_d: int = 1024  # discriminator hidden linear layer width (paper: 1024)
 vgg19_i: int = 5  # content loss on the VGG19 feature map of the j-th conv before the i-th max-pool (paper: 5)
 vgg19_j: int = 4  # (paper: 4)
-vgg19_weights: str = 'imagenet'  # 'imagenet' (torchvision's cache), a local VGG19 state_dict file, or '' (random: tests only)
+vgg19_weights: str = 'imagenet'  # 'imagenet' (torchvision's cache), a VGG19 state_dict file, or '' (random: tests)
 # Learning
 batch_size: int = 16  # per process; the global batch is batch_size x world size (paper: 16)
 iterations: int = 200_000  # total iterations, each one generator and one discriminator update (paper: 2e5)
@@ -141,7 +141,8 @@ def main(argv):
     def save(iteration, path):
         """Write everything exact resumption needs, atomically, with plain (unwrapped) weights."""
         utils.save_checkpoint({
-            'generator': utils.unwrap(generator).state_dict(), 'discriminator': utils.unwrap(discriminator).state_dict(),
+            'generator': utils.unwrap(generator).state_dict(),
+            'discriminator': utils.unwrap(discriminator).state_dict(),
             'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
             'scaler': scaler.state_dict(), 'rng': utils.rng_states(), 'iteration': iteration, 'best_psnr': best_psnr,
             'train_seconds': train_seconds, 'model_args': model_args, 'discriminator_args': discriminator_args,
@@ -215,13 +216,15 @@ def main(argv):
                 progress.close()
                 sys.exit(f"Stopping: a loss became non-finite (content {content}, adversarial {adversarial}, "
                          f"discriminator {disc}) between iterations {iteration - n_summed + 1} and {iteration}. "
-                         f"The last good checkpoint is kept in {config.out_dir}. Try a lower lr, grad_clip, or amp='off'.")
+                         f"The last good checkpoint is kept in {config.out_dir}. "
+                         f"Try a lower lr, grad_clip, or amp='off'.")
             ms = (time.perf_counter() - tick) * 1000 / n_summed
             train_seconds += ms * n_summed / 1000
             if is_main:
                 current_lr = optimizer_g.param_groups[0]['lr']
                 eta_minutes = ms * (config.iterations - iteration) / 60_000
-                progress.write(f"[{iteration}/{config.iterations}] content {content:.4f}  adversarial {adversarial:.4f}  "
+                progress.write(f"[{iteration}/{config.iterations}] content {content:.4f}  "
+                               f"adversarial {adversarial:.4f}  "
                                f"discriminator {disc:.4f}  lr {current_lr:.2e}  {ms:.1f} ms/it  "
                                f"{config.batch_size * world_size * 1000 / ms:.1f} samples/s  ETA {eta_minutes:.0f} min")
                 log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', content_loss=f'{content:.6f}',
@@ -233,7 +236,7 @@ def main(argv):
             if is_main and val_dataset is not None and (iteration % config.val_freq == 0 or is_last):
                 psnr, ssim = utils.validate(generator, val_dataset, device, model_args['scaling_factor'])
                 progress.write(f"[{iteration}/{config.iterations}] {config.val_data_name}: PSNR {psnr:.3f} dB, "
-                               f"SSIM {ssim:.4f} (PSNR is not what the SRGAN optimises: expect it below the SRResNet's)")
+                               f"SSIM {ssim:.4f} (the SRGAN does not optimise PSNR: expect less than the SRResNet)")
                 log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', val_psnr=f'{psnr:.4f}',
                         val_ssim=f'{ssim:.5f}')
                 best_psnr = max(best_psnr, psnr)

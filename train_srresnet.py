@@ -105,8 +105,7 @@ def main(argv):
     if is_main:
         log = utils.TrainingLog(os.path.join(config.out_dir, 'log_srresnet.csv'),
                                 ['iteration', 'train_seconds', 'loss', 'lr', 'ms_per_iteration', 'val_psnr',
-                                 'val_ssim'],
-                                resume_from=start_iteration)
+                                 'val_ssim'], resume_from=start_iteration)
 
     def save(iteration, path):
         """Write everything exact resumption needs, atomically, with plain (unwrapped) weights."""
@@ -162,7 +161,8 @@ def main(argv):
                 eta_minutes = ms * (config.iterations - iteration) / 60_000
                 progress.write(f"[{iteration}/{config.iterations}] loss {mean_loss:.5f}  lr {current_lr:.2e}  "
                                f"{ms:.1f} ms/it  {global_batch * 1000 / ms:.1f} samples/s  ETA {eta_minutes:.0f} min")
-                log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', loss=f'{mean_loss:.6f}', lr=f'{current_lr:.3e}', ms_per_iteration=f'{ms:.1f}')
+                log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', loss=f'{mean_loss:.6f}',
+                        lr=f'{current_lr:.3e}', ms_per_iteration=f'{ms:.1f}')
             loss_sum.zero_()
             n_summed = 0
 
@@ -170,13 +170,15 @@ def main(argv):
                 psnr, ssim = utils.validate(model, val_dataset, device, config.scaling_factor)  # in fp32
                 progress.write(f"[{iteration}/{config.iterations}] {config.val_data_name}: PSNR {psnr:.3f} dB, "
                                f"SSIM {ssim:.4f}")
-                log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', val_psnr=f'{psnr:.4f}', val_ssim=f'{ssim:.5f}')
+                log.log(iteration=iteration, train_seconds=f'{train_seconds:.1f}', val_psnr=f'{psnr:.4f}',
+                        val_ssim=f'{ssim:.5f}')
                 if psnr > best_psnr:
                     best_psnr = psnr
                     save(iteration, os.path.join(config.out_dir, 'checkpoint_srresnet_best.pth'))
             if is_main and (iteration % config.save_freq == 0 or is_last):
                 save(iteration, os.path.join(config.out_dir, 'checkpoint_srresnet.pth'))
-                log.plot({'training loss (MSE, [-1, 1])': ['loss'], f'{config.val_data_name} PSNR (dB)': ['val_psnr']})
+                log.plot({'training loss (MSE, [-1, 1])': ['loss'],
+                          f'{config.val_data_name} PSNR (dB)': ['val_psnr']})
             tick = time.perf_counter()
     progress.close()
     utils.cleanup_distributed(model)

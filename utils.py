@@ -521,7 +521,8 @@ def wrap_distributed(model, device, sync_bn):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         n_sync = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
         print(f"Rank {torch.distributed.get_rank()}: {n_sync} SyncBatchNorm layers")
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    device_ids = [device.index] if device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def cleanup_distributed(*models):

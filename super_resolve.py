@@ -1,0 +1,337 @@
+"""Step 5: super-resolve your own images with a trained SRResNet or SRGAN, or compare the two.
+
+    python super_resolve.py                                      # the bundled example, shipped SRResNet
+    python super_resolve.py --input_path=photo.jpg               # -> outputs/photo_x4.png
+    python super_resolve.py --input_path=my_photos --output_folder=sr    # every image in a folder
+    python super_resolve.py --model=srgan --checkpoint=runs/srgan/checkpoint_srgan.pth
+    python super_resolve.py --mode=compare --input_path=photo.png \\
+        --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth       # -> outputs/photo_compare.png
+
+mode 'upscale' makes each input image 4x larger: what a user wants from a super-resolver.
+mode 'compare' is the tutorial's visualize_sr(): it takes the input as the high-resolution truth,
+downscales it 4x, restores it with bicubic interpolation, the SRResNet and the SRGAN, and writes
+a labelled grid of the three beside the original.
+
+Any image works: greyscale, palette, 16-bit and CMYK images become RGB, an alpha channel is
+upscaled bicubically, and the EXIF orientation is applied. Images of any size work: the model
+runs on overlapping tiles, each tile's output cut back to the tile, so memory stays bounded and
+there are no seams. The defaults (384 px tiles, 16 px of overlap) turn a 1920x1080 photo into
+7680x4320 within 3 GB on a CPU, and spend under 10% of extra work on the overlaps of a
+480x270 input: larger tiles cost memory, smaller ones more overlap.
+"""
+import math
+import os
+import sys
+
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from tqdm import tqdm
+
+import utils
+from models import fold_batchnorm
+
+# ----------------------------------------------------------------------------------------------
+# Data
+input_path: str = 'examples/chelsea.png'  # an image file, or a folder of images
+output_folder: str = 'outputs'  # PNGs go here: <name>_x4.png (upscale) or <name>_compare.png
+mode: str = 'upscale'  # 'upscale': each image x4; 'compare': downscale, restore, compare in a grid
+halve: bool = False  # compare: halve the image first, so a big grid can be seen at 1:1 on a screen
+# Model
+model: str = 'srresnet'  # upscale: what `checkpoint` holds, 'srresnet' or 'srgan'
+tile_size: int = 384  # side of the tiles the model runs on, in LR pixels (0 = whole image at once)
+tile_overlap: int = 16  # LR pixels of context read around each tile, then cut off (hides the seams)
+# Checkpoints
+checkpoint: str = 'checkpoints/srresnet_x4.pth'  # the SRResNet (the SRGAN with --model=srgan)
+srgan_checkpoint: str = ''  # compare: the SRGAN of the grid's third panel ('' = leave it out)
+# System
+device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
+channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and tiled inference
+# ----------------------------------------------------------------------------------------------
+
+def load_inference_model(checkpoint, device, channels_last=True, kind=''):
+    """Load a trained SRResNet or SRGAN generator, made ready for fast inference.
+
+    Args:
+        checkpoint: path of a checkpoint from train_srresnet.py or train_srgan.py. It is read
+            with weights_only=True onto the CPU first, so a GPU-trained one loads anywhere.
+        device: where the model runs.
+        channels_last: store the weights in NHWC memory format (faster convolutions).
+        kind: 'srresnet' or 'srgan' to insist on that kind of checkpoint, '' for either.
+
+    Every BatchNorm is folded into the convolution before it: the same function with one layer
+    less, equal to the plain model's output within float rounding. Returns the model in eval mode.
+    """
+    model, _ = utils.load_sr_model(checkpoint, device, kind)
+    model = fold_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def scaling_factor_of(model):
+    """How many times larger an SRResNet's output is than its input: one x2 per sub-pixel block."""
+    return 2 ** len(model.subpixel_convolutional_blocks)
+
+
+def _tile_edges(size, tile_size):
+    """Cut [0, size) into the fewest near-equal tiles of at most tile_size (0: one tile).
+    Equal tiles waste less than full tiles plus a thin leftover, which would cost a whole margin."""
+    n_tiles = math.ceil(size / tile_size) if tile_size > 0 else 1
+    return [size * i // n_tiles for i in range(n_tiles + 1)]
+
+
+@torch.inference_mode()
+def upscale_tensor(model, lr_img, tile_size, tile_overlap, progress=False):
+    """Super-resolve LR images tile by tile.
+
+    Args:
+        model: an SRResNet or SRGAN generator in eval mode.
+        lr_img: (N, 3, h, w) ImageNet-normed, on the model's device.
+        tile_size: side of the tiles in LR pixels; 0 runs the whole image at once.
+        tile_overlap: LR pixels of real context each tile reads beyond its borders, where the
+            image has them. Their output is thrown away: near a tile's edge the network sees zero
+            padding instead of the neighbouring pixels, so that is where tiles would disagree.
+        progress: show a progress bar over the tiles.
+
+    Returns (N, 3, h * s, w * s) in [-1, 1]. The tiles are written into one preallocated tensor,
+    so the memory needed is the output plus one tile's activations, whatever the image size.
+    """
+    if tile_size < 0 or tile_overlap < 0:
+        raise ValueError(f"tile_size and tile_overlap must be >= 0, got {tile_size} and {tile_overlap}")
+    height, width = lr_img.shape[-2:]
+    row_edges, col_edges = _tile_edges(height, tile_size), _tile_edges(width, tile_size)
+    tiles = [(top, bottom, left, right) for top, bottom in zip(row_edges, row_edges[1:])
+             for left, right in zip(col_edges, col_edges[1:])]
+    sr_img, s = None, None
+    for top, bottom, left, right in tqdm(tiles, desc='tiles', unit='tile', leave=False, disable=not progress):
+        # The tile and its margins, clipped to the image (at the image's own edges there is no more context).
+        top_in, left_in = max(top - tile_overlap, 0), max(left - tile_overlap, 0)
+        bottom_in, right_in = min(bottom + tile_overlap, height), min(right + tile_overlap, width)
+        sr_tile = model(lr_img[:, :, top_in:bottom_in, left_in:right_in])  # (N, 3, s * tile h, s * tile w), in [-1, 1]
+        if sr_img is None:
+            s = sr_tile.shape[-1] // (right_in - left_in)
+            sr_img = torch.empty((lr_img.shape[0], 3, height * s, width * s), dtype=sr_tile.dtype,
+                                 device=sr_tile.device)  # (N, 3, h * s, w * s)
+        y, x = (top - top_in) * s, (left - left_in) * s  # where the tile's own pixels start in sr_tile
+        sr_img[:, :, top * s:bottom * s, left * s:right * s] = \
+            sr_tile[:, :, y:y + (bottom - top) * s, x:x + (right - left) * s]  # margins dropped
+    return sr_img
+
+
+# ----------------------------------------------------------------------------------------------
+# Images of any mode
+# ----------------------------------------------------------------------------------------------
+
+def open_image(path):
+    """Decode an image file, with its EXIF orientation applied. Raises if it is not an image."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img)  # a decoded copy (transposed if the EXIF says so)
+
+
+def to_rgb(img):
+    """Split a PIL image of any mode into (8-bit RGB image, alpha channel as an 'L' image, or None).
+
+    Palette images with a transparent colour, LA and PA keep their transparency as alpha.
+    16-bit greyscale is scaled to 8 bits (utils.pil_to_rgb); CMYK, YCbCr, LAB and the rest go
+    through Pillow's conversion to RGB.
+    """
+    if img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'RGBa', 'LA', 'La', 'PA'):
+        img = img.convert('RGBA')
+        return img.convert('RGB'), img.getchannel('A')
+    return utils.pil_to_rgb(img), None
+
+
+def _to_pil(sr_img, band_rows=256):
+    """(3, H, W) in [-1, 1] -> PIL RGB, converted a band of rows at a time, so that the float
+    temporaries of the conversion stay small next to a very large image."""
+    height, width = sr_img.shape[-2:]
+    pil_img = Image.new('RGB', (width, height))
+    for top in range(0, height, band_rows):
+        band = utils.convert_image(sr_img[:, top:top + band_rows], source='[-1, 1]', target='pil')
+        pil_img.paste(band, (0, top))
+    return pil_img
+
+
+def upscale_image(model, img, device, tile_size, tile_overlap, progress=False):
+    """Super-resolve one PIL image of any mode and size.
+
+    Args:
+        model: from load_inference_model, on `device`.
+        img: a PIL image. Its EXIF orientation is applied, its mode converted by to_rgb.
+        device: where the model is.
+        tile_size, tile_overlap, progress: as for upscale_tensor.
+
+    Returns a PIL image s times larger, RGB, or RGBA if the input had an alpha channel (which is
+    upscaled bicubically: the network only knows colour).
+    """
+    rgb_img, alpha = to_rgb(ImageOps.exif_transpose(img))
+    lr_img = utils.convert_image(rgb_img, source='pil', target='imagenet-norm')  # (3, h, w)
+    lr_img = lr_img.unsqueeze(0).to(device)  # (1, 3, h, w), ImageNet-normed
+    sr_img = upscale_tensor(model, lr_img, tile_size, tile_overlap, progress)  # (1, 3, h * s, w * s), in [-1, 1]
+    sr_pil = _to_pil(sr_img[0])  # rounded to the nearest grey level, as eval.py measures it
+    del lr_img, sr_img
+    if alpha is not None:
+        sr_pil.putalpha(alpha.resize(sr_pil.size, Image.BICUBIC))
+    return sr_pil
+
+
+# ----------------------------------------------------------------------------------------------
+# The comparison grid
+# ----------------------------------------------------------------------------------------------
+
+def _font(size):
+    """A TrueType font about `size` px high if one is installed, else Pillow's built-in font."""
+    for name in ('DejaVuSans.ttf', 'Arial.ttf'):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            pass
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a bundled scalable font
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # else a small bitmap font
+
+
+def _draw_text(draw, text, centre_x, top, font, fill):
+    """Draw one line of text centred on centre_x (textbbox: font.getsize is gone from Pillow 10)."""
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre_x - (right - left) / 2 - left, top), text, font=font, fill=fill)
+
+
+def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, tile_overlap=tile_overlap):
+    """The tutorial's comparison grid: how well each model restores a downscaled image.
+
+    Args:
+        img: path of the high-resolution image (or a PIL image), taken as the truth.
+        srresnet: the SRResNet, from load_inference_model.
+        srgan: the SRGAN generator, or None: its panel then holds a note instead.
+        halve: halve the image first (Lanczos), for images larger than the screen.
+        tile_size, tile_overlap: as for upscale_tensor.
+
+    The largest centred crop whose sides divide by the scaling factor (as in eval.py) is
+    downscaled with bicubic interpolation, then restored. Returns the grid as a PIL image:
+    Bicubic and SRResNet on top, SRGAN and the Original HR below, each panel labelled.
+    """
+    device = next(srresnet.parameters()).device
+    hr_img, _ = to_rgb(open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
+    if halve:
+        hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
+    s = scaling_factor_of(srresnet)
+    width, height = hr_img.width - hr_img.width % s, hr_img.height - hr_img.height % s
+    if width == 0 or height == 0:
+        raise ValueError(f"image of {hr_img.width}x{hr_img.height} is too small to downscale {s}x")
+    left, top = (hr_img.width - width) // 2, (hr_img.height - height) // 2
+    hr_img = hr_img.crop((left, top, left + width, top + height))
+    lr_img = hr_img.resize((width // s, height // s), Image.BICUBIC)
+
+    panels = [('Bicubic', lr_img.resize((width, height), Image.BICUBIC)),
+              ('SRResNet', upscale_image(srresnet, lr_img, device, tile_size, tile_overlap)),
+              ('SRGAN', upscale_image(srgan, lr_img, device, tile_size, tile_overlap) if srgan else None),
+              ('Original HR', hr_img)]
+
+    font = _font(max(12, min(40, width // 14)))
+    probe = ImageDraw.Draw(hr_img).textbbox((0, 0), 'Ag', font=font)
+    line_height = probe[3] - probe[1]
+    margin = line_height  # around the panels, and between each label and its panel
+    label_height = line_height + margin // 2
+    grid = Image.new('RGB', (2 * width + 3 * margin, 2 * (height + label_height) + 3 * margin), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, (label, panel) in enumerate(panels):
+        x = margin + (i % 2) * (width + margin)
+        y = margin + (i // 2) * (height + label_height + margin)
+        _draw_text(draw, label, x + width / 2, y, font, fill=(0, 0, 0))
+        if panel is not None:
+            grid.paste(panel, (x, y + label_height))
+        else:  # no SRGAN given: say so where its image would be
+            draw.rectangle((x, y + label_height, x + width - 1, y + label_height + height - 1), fill=(230, 230, 230))
+            for j, line in enumerate(('no SRGAN checkpoint:', 'pass --srgan_checkpoint')):
+                _draw_text(draw, line, x + width / 2, y + label_height + height / 2 + (j - 1) * line_height,
+                           font, fill=(90, 90, 90))
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+def _input_files(path):
+    """The file itself, or the files (not sub-folders, not hidden) directly in a folder."""
+    if not os.path.isdir(path):
+        return [path]
+    names = sorted(name for name in os.listdir(path) if not name.startswith('.'))
+    return [os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))]
+
+
+def main(argv):
+    """Upscale (or compare) every input image; return the paths written."""
+    config = utils.parse_config(globals(), argv)
+    script = os.path.basename(__file__)
+    if config.mode not in ('upscale', 'compare'):
+        sys.exit(f"{script}: mode must be 'upscale' or 'compare', got {config.mode!r}")
+    if config.model not in ('srresnet', 'srgan'):
+        sys.exit(f"{script}: model must be 'srresnet' or 'srgan', got {config.model!r}")
+    if config.mode == 'compare' and config.model != 'srresnet':
+        sys.exit(f"{script}: mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from "
+                 f"--srgan_checkpoint; leave --model at 'srresnet'")
+    if config.tile_size < 0 or config.tile_overlap < 0:
+        sys.exit(f"{script}: tile_size and tile_overlap must be >= 0")
+    if not os.path.exists(config.input_path):
+        sys.exit(f"{script}: input not found: {config.input_path!r}")
+    device = utils.pick_device(config.device)
+    print(f"Device: {device}")
+
+    trainer = 'train_srgan.py' if config.model == 'srgan' else 'train_srresnet.py'
+    try:
+        sr_model = load_inference_model(config.checkpoint, device, config.channels_last, kind=config.model)
+    except FileNotFoundError as error:
+        sys.exit(f"{script}: {error}\nTrain a model with `python {trainer}` and pass the checkpoint it writes "
+                 f"with --checkpoint=PATH (the README says where the repository's trained SRResNet comes from).")
+    except ValueError as error:
+        sys.exit(f"{script}: {error}")
+    srgan = None
+    if config.mode == 'compare' and config.srgan_checkpoint:
+        try:
+            srgan = load_inference_model(config.srgan_checkpoint, device, config.channels_last, kind='srgan')
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f"{script}: {error}")
+    print(f"Model: {config.checkpoint}" + (f", SRGAN: {config.srgan_checkpoint}" if srgan else ''))
+    if config.mode == 'compare' and srgan is None:
+        print("No --srgan_checkpoint given: the grid's SRGAN panel holds a note instead")
+
+    paths = _input_files(config.input_path)
+    os.makedirs(config.output_folder, exist_ok=True)
+    written, skipped = [], []
+    for path in tqdm(paths, desc='images', unit='image', disable=len(paths) == 1):
+        try:
+            img = open_image(path)
+        except Exception as error:  # Pillow raises many kinds of errors on a bad file; all mean "skip it"
+            tqdm.write(f"Skipping {path}: not a readable image ({type(error).__name__}: {error})")
+            skipped.append(path)
+            continue
+        name = os.path.splitext(os.path.basename(path))[0]
+        if config.mode == 'upscale':
+            out_img = upscale_image(sr_model, img, device, config.tile_size, config.tile_overlap, progress=True)
+            out_path = os.path.join(config.output_folder, f'{name}_x{scaling_factor_of(sr_model)}.png')
+        else:
+            out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap)
+            out_path = os.path.join(config.output_folder, f'{name}_compare.png')
+        out_img.save(out_path)
+        tqdm.write(f"Wrote {out_path} ({out_img.width}x{out_img.height}, from {img.width}x{img.height})")
+        written.append(out_path)
+
+    if skipped:
+        print(f"Skipped {len(skipped)} file(s) that are not readable images: {', '.join(skipped)}")
+    if not written:
+        sys.exit(f"{script}: no image was written from {config.input_path!r}")
+    return written
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

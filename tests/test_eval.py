@@ -1,0 +1,197 @@
+"""Tests of eval.py on generated images: the bicubic row against a computation written out here,
+the results files' schema, a model checkpoint saved on a GPU machine evaluated on the CPU, and
+clear errors for whatever can be missing or wrong.
+
+    python -m pytest -q tests/test_eval.py
+"""
+import csv
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+import eval as eval_script  # named so, not to shadow the builtin eval
+from models import SRResNet
+
+SETS = {'SetA': [(51, 43), (64, 37)], 'SetB': [(40, 40)]}  # test sets of (width, height), odd sizes included
+MODEL_ARGS = {'n_blocks': 1, 'n_channels': 8, 'scaling_factor': 4}
+DEFAULTS = {key: getattr(eval_script, key) for key in eval_script.__annotations__}
+
+
+@pytest.fixture(autouse=True)
+def restore_constants():
+    """main() writes its overrides into the module's constants: put the defaults back after each test."""
+    yield
+    for key, value in DEFAULTS.items():
+        setattr(eval_script, key, value)
+
+
+def run_eval(argv):
+    """eval.main(argv), starting from the default constants (not the previous call's)."""
+    for key, value in DEFAULTS.items():
+        setattr(eval_script, key, value)
+    return eval_script.main(argv)
+
+
+def textured_image(width, height, seed):
+    """A PIL RGB image with smooth structure and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = 127.5 + 100. * np.sin(x[..., None] / 5. + np.array([0., 1., 2.])) * np.cos(y[..., None] / 4.)
+    return Image.fromarray(np.clip(np.round(smooth + rng.normal(0., 15., smooth.shape)), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def data_folder(tmp_path):
+    """Images in tmp_path/<set>/ and their lists, <set>_test_images.json, in tmp_path/lists."""
+    lists = tmp_path / 'lists'
+    lists.mkdir()
+    for set_name, sizes in SETS.items():
+        (tmp_path / set_name).mkdir()
+        paths = []
+        for i, (width, height) in enumerate(sizes):
+            paths.append(str(tmp_path / set_name / f'img{i}.png'))
+            textured_image(width, height, seed=len(paths) + 10 * len(set_name)).save(paths[-1])
+        (lists / f'{set_name}_test_images.json').write_text(json.dumps(paths))
+    return str(lists)
+
+
+def eval_args(data_folder, tmp_path, models, **overrides):
+    args = {'data_folder': data_folder, 'test_data_names': list(SETS), 'models': models, 'device': 'cpu',
+            'results_file': str(tmp_path / 'results' / 'eval.json'), **overrides}
+    return [f'--{key}={value}' for key, value in args.items()]
+
+
+# The reference, written out from the definitions rather than taken from the code under test.
+def y_channel(img):
+    """BT.601 luma in [16, 235], unrounded: 16 + (65.481 R + 128.553 G + 24.966 B) / 255."""
+    rgb = np.asarray(img.convert('RGB'), dtype=np.float64)
+    return 16. + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.
+
+
+def reference_metrics(sr_img, hr_img, border=4):
+    sr_y, hr_y = y_channel(sr_img)[border:-border, border:-border], y_channel(hr_img)[border:-border, border:-border]
+    psnr = 10. * np.log10(255. ** 2 / np.mean((sr_y - hr_y) ** 2))
+    ssim = structural_similarity(sr_y, hr_y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255.)
+    return psnr, ssim
+
+
+def centre_crop_pair(path, s=4):
+    """(LR, HR) PIL images: the largest centred crop with sides divisible by s, and its bicubic downscale."""
+    img = Image.open(path).convert('RGB')
+    width, height = img.width - img.width % s, img.height - img.height % s
+    left, top = (img.width - width) // 2, (img.height - height) // 2
+    hr_img = img.crop((left, top, left + width, top + height))
+    return hr_img.resize((width // s, height // s), Image.BICUBIC), hr_img
+
+
+def imagenet_norm(img):
+    rgb = np.asarray(img, dtype=np.float32) / 255.
+    rgb = (rgb - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w)
+
+
+def image_paths(data_folder, set_name):
+    with open(os.path.join(data_folder, f'{set_name}_test_images.json')) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def test_bicubic_row_equals_a_direct_computation(data_folder, tmp_path, capsys):
+    results = run_eval(eval_args(data_folder, tmp_path, ['bicubic']))
+    for set_name in SETS:
+        expected = []
+        for path in image_paths(data_folder, set_name):
+            lr_img, hr_img = centre_crop_pair(path)
+            expected.append(reference_metrics(lr_img.resize(hr_img.size, Image.BICUBIC), hr_img))
+        assert results['bicubic'][set_name]['psnr'] == pytest.approx(np.mean([p for p, _ in expected]), abs=1e-9)
+        assert results['bicubic'][set_name]['ssim'] == pytest.approx(np.mean([s for _, s in expected]), abs=1e-9)
+    table = capsys.readouterr().out
+    row = f"| bicubic | {results['bicubic']['SetA']['psnr']:.2f} | {results['bicubic']['SetA']['ssim']:.4f} |"
+    assert row in table and '| bicubic (paper) | - | - |' in table  # no paper numbers for made-up sets
+
+
+def test_results_files_schema(data_folder, tmp_path):
+    results = run_eval(eval_args(data_folder, tmp_path, ['bicubic']))
+    with open(tmp_path / 'results' / 'eval.json') as f:
+        saved = json.load(f)
+    assert saved == results
+    assert list(saved) == ['bicubic'] and list(saved['bicubic']) == list(SETS)
+    for set_name, sizes in SETS.items():
+        entry = saved['bicubic'][set_name]
+        assert sorted(entry) == ['n_images', 'psnr', 'ssim']
+        assert isinstance(entry['psnr'], float) and isinstance(entry['ssim'], float) and 0 < entry['ssim'] <= 1
+        assert entry['n_images'] == len(sizes) and type(entry['n_images']) is int
+    with open(tmp_path / 'results' / 'eval.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ['model', 'set', 'image', 'psnr', 'ssim']
+    assert [(row['set'], row['image']) for row in rows] == [('SetA', 'img0.png'), ('SetA', 'img1.png'),
+                                                            ('SetB', 'img0.png')]
+    set_a = [float(row['psnr']) for row in rows if row['set'] == 'SetA']
+    assert np.mean(set_a) == pytest.approx(saved['bicubic']['SetA']['psnr'])
+
+
+def saved_as_if_on_a_gpu(path):
+    """Rewrite a CPU checkpoint as a GPU machine would have written it: its storages tagged 'cuda:0'.
+    torch.load then needs map_location on a machine without CUDA."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+        for info, data in entries:
+            if info.filename.endswith('/data.pkl'):
+                assert data.count(b'X\x03\x00\x00\x00cpu') == 1  # the pickled location string
+                data = data.replace(b'X\x03\x00\x00\x00cpu', b'X\x06\x00\x00\x00cuda:0')
+            archive.writestr(info, data)
+
+
+def test_a_gpu_saved_checkpoint_evaluates_on_the_cpu(data_folder, tmp_path):
+    torch.manual_seed(0)
+    model = SRResNet(**MODEL_ARGS).eval()
+    path = str(tmp_path / 'srresnet.pth')
+    torch.save({'model': model.state_dict(), 'model_args': MODEL_ARGS, 'iteration': 7, 'config': {}}, path)
+    saved_as_if_on_a_gpu(path)
+    if not torch.cuda.is_available():  # the rewrite is real: without map_location it would not load here
+        with pytest.raises(RuntimeError, match='CUDA'):
+            torch.load(path, weights_only=True)
+
+    results = run_eval(eval_args(data_folder, tmp_path, ['srresnet'], srresnet_checkpoint=path))
+    for set_name in SETS:
+        expected = []
+        for image_path in image_paths(data_folder, set_name):
+            lr_img, hr_img = centre_crop_pair(image_path)
+            with torch.no_grad():
+                sr = model(imagenet_norm(lr_img))[0]  # (3, H, W), in [-1, 1]
+            sr_8bit = np.clip(np.round((sr.permute(1, 2, 0).numpy() + 1.) / 2. * 255.), 0, 255).astype(np.uint8)
+            expected.append(reference_metrics(Image.fromarray(sr_8bit), hr_img))
+        assert results['srresnet'][set_name]['n_images'] == len(SETS[set_name])
+        assert results['srresnet'][set_name]['psnr'] == pytest.approx(np.mean([p for p, _ in expected]), abs=1e-3)
+        assert results['srresnet'][set_name]['ssim'] == pytest.approx(np.mean([s for _, s in expected]), abs=1e-4)
+
+
+def test_clear_errors(data_folder, tmp_path):
+    torch.manual_seed(0)
+    state = SRResNet(**MODEL_ARGS).state_dict()
+    srresnet_path, srgan_path, other_path = (str(tmp_path / name) for name in ('srresnet.pth', 'srgan.pth', 'x.pth'))
+    torch.save({'model': state, 'model_args': MODEL_ARGS, 'iteration': 0, 'config': {}}, srresnet_path)
+    torch.save({'generator': state, 'discriminator': {}, 'model_args': MODEL_ARGS, 'iteration': 0}, srgan_path)
+    torch.save({'weights': torch.ones(2)}, other_path)
+
+    def fails(match, models, **overrides):
+        with pytest.raises(SystemExit, match=match):
+            run_eval(eval_args(data_folder, tmp_path, models, **overrides))
+
+    fails(r'data list not found: .*SetC_test_images.json', ['bicubic'], test_data_names=['SetA', 'SetC'])
+    fails(r'(?s)nowhere.pth.*train_srresnet.py', ['srresnet'], srresnet_checkpoint=str(tmp_path / 'nowhere.pth'))
+    fails(r'srresnet.pth is not an? SRGAN checkpoint', ['srgan'], srgan_checkpoint=srresnet_path)
+    fails(r'srgan.pth is not an? SRResNet checkpoint', ['srresnet'], srresnet_checkpoint=srgan_path)
+    fails(r'x.pth is not an? SRResNet checkpoint', ['srresnet'], srresnet_checkpoint=other_path)
+    fails(r'--srgan_checkpoint is empty', ['bicubic', 'srgan'])
+    fails(r'models must be', ['bicubic', 'esrgan'])
+    assert not os.path.exists(tmp_path / 'results')  # nothing was written by a failed run
