@@ -24,21 +24,8 @@ MODEL_ARGS = {'n_blocks': 2, 'n_channels': 16, 'scaling_factor': 4}
 CPU = torch.device('cpu')
 
 
-DEFAULTS = {key: getattr(super_resolve, key) for key in super_resolve.__annotations__}
-
-
-@pytest.fixture(autouse=True)
-def restore_constants():
-    """main() writes its overrides into the module's constants: put the defaults back after each test."""
-    yield
-    for key, value in DEFAULTS.items():
-        setattr(super_resolve, key, value)
-
-
 def run_main(argv):
-    """super_resolve.main(argv), starting from the default constants (not the previous call's)."""
-    for key, value in DEFAULTS.items():
-        setattr(super_resolve, key, value)
+    """super_resolve.main(argv): the script's own constants are never changed, so each call starts from them."""
     return super_resolve.main(argv)
 
 
