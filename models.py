@@ -6,10 +6,12 @@
 
 Importing this module builds nothing, loads nothing and touches no device.
 """
+import itertools
 import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -243,4 +245,87 @@ def fold_batchnorm(model):
                 fused.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
             fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
             module.conv_block = nn.Sequential(fused, *list(module.conv_block)[2:])
+    return model
+
+
+class ShuffledConv2d(nn.Module):
+    """A convolution of a pixel-shuffled image, computed before the shuffle instead.
+
+    conv(pixel_shuffle(x, r)) equals pixel_shuffle(conv'(x), r), where conv' works on the
+    r*r-times-smaller image and its kernel is conv's kernel rearranged by phase: each output phase
+    reads each input phase at fixed offsets. For the SRResNet's last layer (64 -> 3 channels, 9x9,
+    on the largest image) conv' is 256 -> 12 channels, 5x5, on a quarter of the pixels: about 1.2x
+    the arithmetic, in a shape that convolution libraries run several times faster. Its output
+    channels are padded with zero filters to a multiple of `pad_to` (CPU libraries run 16 far
+    better than 12), which are cut off again.
+
+    Args:
+        conv: the nn.Conv2d to replace: stride 1, odd square kernel, padding kernel_size // 2.
+        upscale_factor: r, of the pixel shuffle that conv reads.
+        pad_to: round the output channels (conv's x r*r) up to a multiple of this.
+    """
+
+    def __init__(self, conv, upscale_factor, pad_to=16):
+        super().__init__()
+        r, k = upscale_factor, conv.kernel_size[0]
+        if conv.stride != (1, 1) or conv.padding != (k // 2, k // 2) or conv.kernel_size != (k, k) \
+                or k % 2 == 0 or conv.groups != 1:
+            raise ValueError("ShuffledConv2d takes a stride-1, 'same'-padded, odd square kernel, ungrouped convolution")
+        # HR tap ky of output phase py reads the HR offset d = py + ky - k // 2, which is
+        # LR offset d // r of input phase d % r.
+        offsets = [p + tap - k // 2 for p in range(r) for tap in range(k)]
+        low, high = min(d // r for d in offsets), max(d // r for d in offsets)
+        side = high - low + 1  # the small kernel's side: 5 for k = 9, r = 2
+        kernel = conv.weight.new_zeros(conv.out_channels, r, r, conv.in_channels, r, r, side, side)
+        for py, ky, px, kx in itertools.product(range(r), range(k), range(r), range(k)):
+            dy, dx = py + ky - k // 2, px + kx - k // 2
+            kernel[:, py, px, :, dy % r, dx % r, dy // r - low, dx // r - low] = conv.weight.detach()[:, :, ky, kx]
+        self.n_out = conv.out_channels * r * r
+        n_padded = -(-self.n_out // pad_to) * pad_to
+        self.conv = nn.Conv2d(conv.in_channels * r * r, n_padded, side)
+        self.conv.to(conv.weight.device, conv.weight.dtype)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:self.n_out] = kernel.reshape(self.n_out, conv.in_channels * r * r, side, side)
+            self.conv.bias.zero_()
+            self.conv.bias[:self.n_out] = conv.bias.detach().repeat_interleave(r * r)
+        self.conv.padding = (high, high) if -low == high else (0, 0)
+        self.padding = (0, 0, 0, 0) if -low == high else (-low, high, -low, high)  # left, right, top, bottom
+        self.upscale_factor = r
+
+    def forward(self, x):
+        """(N, C_in * r * r, h, w), before the shuffle -> (N, C_out, h * r, w * r)."""
+        # Odd kernels and r = 2 (the SRResNet) pad alike on both sides, in the convolution; else F.pad.
+        output = self.conv(F.pad(x, self.padding) if any(self.padding) else x)  # (N, padded C_out * r * r, h, w)
+        return F.pixel_shuffle(output[:, :self.n_out], self.upscale_factor)  # (N, C_out, h * r, w * r)
+
+
+def shuffle_last_convolution(model):
+    """Make an SRResNet's last convolution read the last sub-pixel block's output before its pixel
+    shuffle, for inference: the same function up to float rounding, and on a CPU about 2x faster
+    for that layer (a fifth of the whole model's time).
+
+    The block's PReLU has a single parameter, so it commutes with the shuffle: the block keeps its
+    convolution and PReLU, and conv_block3's convolution becomes a ShuffledConv2d that shuffles
+    after it convolves. Works in place and returns the model; leaves a model whose PReLU is
+    per-channel, or that was converted already, as it is.
+    """
+    last_block = model.subpixel_convolutional_blocks[-1]
+    if last_block.prelu.num_parameters != 1 or not isinstance(last_block.pixel_shuffle, nn.PixelShuffle):
+        return model
+    upscale_factor = last_block.pixel_shuffle.upscale_factor
+    last_block.pixel_shuffle = nn.Identity()
+    model.conv_block3.conv_block[0] = ShuffledConv2d(model.conv_block3.conv_block[0], upscale_factor)
+    return model
+
+
+def inplace_activations(model):
+    """Replace every single-parameter PReLU by a LeakyReLU of the same slope that works in place,
+    for inference: the same numbers, without allocating a second copy of each activation (on a
+    CPU, a fresh buffer of the largest sizes costs more in page faults than the activation itself).
+    A model converted this way can no longer be trained. Works in place and returns the model."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.PReLU) and child.num_parameters == 1:
+                setattr(module, name, nn.LeakyReLU(child.weight.item(), inplace=True))
     return model

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 import utils
-from models import fold_batchnorm
+from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -67,7 +67,7 @@ def load_inference_model(checkpoint, device, channels_last=True, kind=''):
     less, equal to the plain model's output within float rounding. Returns the model in eval mode.
     """
     model, _ = utils.load_sr_model(checkpoint, device, kind)
-    model = fold_batchnorm(model)
+    model = inplace_activations(shuffle_last_convolution(fold_batchnorm(model)))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -206,6 +206,7 @@ def main(argv):
         n_summed += 1
         if iteration == warmup_end:
             warmup_time = time.perf_counter()
+        step_end = time.perf_counter()  # the speed we return leaves out the last save and plot
         progress.update(1)
 
         is_last = iteration == config.iterations
@@ -249,7 +250,7 @@ def main(argv):
     progress.close()
     utils.cleanup_distributed(generator, discriminator)
     timed = iteration - warmup_end
-    seconds = (time.perf_counter() - warmup_time) / timed if warmup_time and timed > 0 else float('nan')
+    seconds = (step_end - warmup_time) / timed if warmup_time and timed > 0 else float('nan')
     return {'iteration': iteration, 'seconds_per_iteration': seconds, 'generator': utils.unwrap(generator),
             'discriminator': utils.unwrap(discriminator)}
 

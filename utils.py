@@ -372,6 +372,7 @@ def save_checkpoint(state, path):
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(state, f)
+        os.chmod(tmp_path, 0o644)  # mkstemp makes files private; a checkpoint is an ordinary file
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -722,3 +722,22 @@ def test_importing_the_core_has_no_side_effects(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == '' and os.listdir(tmp_path) == []  # printed nothing, wrote nothing
+
+
+def test_shuffled_convolution_and_inplace_activations_keep_the_output():
+    """shuffle_last_convolution and inplace_activations change how an eval SRResNet computes, not
+    what: against the plain model on a non-square input, for x2, x4 and x8, and a 5x5 last kernel."""
+    from models import inplace_activations, shuffle_last_convolution
+    for args in (dict(n_channels=16, n_blocks=2, scaling_factor=4), dict(n_channels=8, n_blocks=1, scaling_factor=2),
+                 dict(n_channels=8, n_blocks=1, scaling_factor=8, large_kernel_size=5)):
+        torch.manual_seed(0)
+        model = SRResNet(**args).eval()
+        fast = inplace_activations(shuffle_last_convolution(fold_batchnorm(copy.deepcopy(model))))
+        assert not any(isinstance(m, nn.PReLU) for m in fast.modules())
+        assert isinstance(fast.subpixel_convolutional_blocks[-1].pixel_shuffle, nn.Identity)
+        lr_imgs = torch.randn(2, 3, 7, 10)
+        with torch.no_grad():
+            expected = model(lr_imgs)
+            actual = fast(lr_imgs)
+        assert actual.shape == expected.shape and expected.std() > 0.01
+        assert (actual - expected).abs().max() < 1e-5

@@ -1,0 +1,551 @@
+"""Benchmark: how fast this project's inference and training run on this machine, against plain PyTorch.
+
+    python bench.py                                    # everything: about 4 minutes on an idle 2-core CPU
+    python bench.py --device=cuda                      # on a GPU (also what 'auto' picks there)
+    python bench.py --train_iterations=4 --srgan=False --inference_sizes="[[128, 128]]"   # quicker
+
+It measures, in one run, each result against a plain PyTorch reference timed beside it (the
+repeats interleaved, so a machine busy with something else slows both alike):
+
+1. Inference: output megapixels per second of an SRResNet x4 at batch 1, float32, through the
+   project's path (super_resolve.py's load_inference_model and upscale_tensor: BatchNorm folded,
+   channels_last, inference_mode), and through the plain reference (the same weights, NCHW,
+   eager, torch.no_grad(), nothing else). Both outputs must agree within `tolerance`.
+2. Training: samples per second of a whole train_srresnet.py iteration (data pipeline, forward,
+   backward, Adam step) at its own defaults, and of the plain reference pipeline: a Dataset that
+   decodes the image file for every sample, Pillow crop and bicubic downscale, torchvision-style
+   to-tensor, NCHW eager float32. On a GPU, also fp32 NCHW against AMP + channels_last (+ compile).
+   Then one train_srgan.py iteration (random VGG19 weights: speed does not depend on them).
+3. Utilisation: the GFLOP/s those rates mean (SRResNet x4 costs 2,218,176 multiply-accumulates
+   per LR pixel, 2 FLOPs each; a training step counts 3x the forward), next to the peak of a large
+   channels_last 3x3 convolution measured here.
+4. Tiling: the cost of super_resolve.py's tiled inference at its default tile size against the
+   whole image at once, on the largest inference input.
+
+The weights are random (speed does not depend on them), with random BatchNorm statistics so
+that the folding has something to fold. Training reads the real images in `train_folder`; where
+that folder is missing it makes synthetic ones, and says so. Prints a table, writes it as JSON to
+`results_file`. A section that fails prints a note and the others still run; outputs that
+disagree stop the script with an error after the results are written.
+"""
+import contextlib
+import io
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+import utils
+from models import SRResNet
+
+# ----------------------------------------------------------------------------------------------
+# Data
+train_folder: str = '../shared/data/train'  # real training images (this folder and its sub-folders)
+crop_size: int = 96  # HR training crop side in px (paper: 96)
+synthetic_images: int = 64  # images to generate when train_folder is missing
+# Model
+large_kernel_size: int = 9  # SRResNet first and last convolutions (paper: 9)
+small_kernel_size: int = 3  # all other convolutions (paper: 3)
+n_channels: int = 64  # feature channels (paper: 64)
+n_blocks: int = 16  # residual blocks (paper: 16)
+scaling_factor: int = 4  # 2, 4 or 8 (paper: 4)
+# Benchmark
+inference_sizes: list = [[128, 128], [480, 270]]  # LR inputs as [width, height]; 480x270 -> 1920x1080
+inference_repeats: int = 3  # timed runs of each inference path, interleaved (the median counts)
+tolerance: float = 1e-4  # largest allowed |project - plain| on the [-1, 1] outputs
+tile_size: int = 0  # tiles for section 4, in LR px (0 = super_resolve.py's default)
+batch_size: int = 16  # training batch (paper: 16)
+train_iterations: int = 0  # per training run; the first 2 are warm-up (0 = 6 on a CPU, 40 on a GPU)
+plain_workers: int = 4  # DataLoader workers of the plain training pipeline (the tutorial's 4)
+train_args: str = ''  # extra --key=value overrides for every train_srresnet.py / train_srgan.py run
+srgan: bool = True  # also time a train_srgan.py iteration
+peak_conv_shape: list = [1, 256, 128, 128]  # (N, C, H, W) of the C->C 3x3 conv that measures the peak
+sections: str = 'peak,inference,training'  # which to run, comma-separated (tiling is part of inference)
+# Results
+results_file: str = 'results/bench.json'  # the same numbers as the printed table
+# System
+device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
+threads: int = 0  # torch intra-op threads (0 = torch's default, one per core)
+seed: int = 0  # seeds the random weights, inputs and crops
+# ----------------------------------------------------------------------------------------------
+
+MACS_PER_LR_PIXEL_X4 = 2_218_176  # the paper's SRResNet x4, counted by macs_per_lr_pixel below
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and work
+# ----------------------------------------------------------------------------------------------
+
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it (a no-op on the CPU)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(paths, device, repeats, warmup=1):
+    """Run each zero-argument callable in `paths` warmup + repeats times, round-robin.
+
+    Interleaving matters on a shared machine: a burst of someone else's work slows every path
+    a little instead of one path a lot. Returns ({name: median seconds}, {name: last output}).
+    """
+    seconds, outputs = {name: [] for name in paths}, {}
+    for round_index in range(warmup + repeats):
+        for name, run in paths.items():
+            synchronize(device)
+            start = time.perf_counter()
+            outputs[name] = run()
+            synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in seconds.items()}, outputs
+
+
+def macs_per_lr_pixel(large_kernel_size, small_kernel_size, n_channels, n_blocks, scaling_factor):
+    """Multiply-accumulates of one SRResNet forward pass per LR input pixel (biases and
+    activations not counted). Each sub-pixel block works at 4x the pixels of the one before."""
+    c, k, big = n_channels, small_kernel_size ** 2, large_kernel_size ** 2
+    macs = 3 * c * big  # first convolution
+    macs += (2 * n_blocks + 1) * c * c * k  # residual blocks, then the convolution before the long skip
+    macs += sum(c * 4 * c * k * 4 ** i for i in range(int(np.log2(scaling_factor))))  # sub-pixel blocks
+    return macs + c * 3 * big * scaling_factor ** 2  # last convolution, at the HR size
+
+
+def measure_peak_gflops(device, shape, seconds=1.0):
+    """GFLOP/s of a C->C 3x3 channels_last convolution on an (N, C, H, W) input: the most this
+    machine's convolution library gets out of it, the yardstick for everything else.
+    On CUDA the batch is 16x larger (a GPU needs more work to fill) and float32 convolutions
+    run in TF32 where torch's defaults allow it, as the model's own convolutions do."""
+    n, c, h, w = shape
+    if device.type == 'cuda':
+        n *= 16
+    x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    flops = 2 * n * c * c * 9 * h * w
+    with torch.inference_mode():
+        best, spent = float('inf'), 0.
+        for i in range(100):
+            synchronize(device)
+            start = time.perf_counter()
+            F.conv2d(x, weight, padding=1)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            best = min(best, elapsed) if i else best  # the first run pays the set-up
+            spent += elapsed
+            if spent > seconds and i >= 3:
+                break
+    return flops / best / 1e9
+
+
+def device_name(device):
+    """The accelerator's or the CPU's model name, for the record."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Random weights, images and checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def random_srresnet(model_args, seed):
+    """An SRResNet with random weights and random (but sane) BatchNorm statistics and affines,
+    so that folding the BatchNorms changes every convolution."""
+    torch.manual_seed(seed)
+    model = SRResNet(**model_args)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+            with torch.no_grad():
+                module.weight.copy_(0.5 + torch.rand(c, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(c, generator=generator))
+    return model.eval()
+
+
+def save_random_checkpoint(path, model_args, seed):
+    """Write an SRResNet checkpoint of random weights, as train_srresnet.py would, and return
+    its state_dict."""
+    model = random_srresnet(model_args, seed)
+    optimizer = torch.optim.Adam(model.parameters())
+    utils.save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iteration': 0,
+                           'model_args': model_args, 'config': {}}, path)
+    return model.state_dict()
+
+
+def make_synthetic_images(folder, n_images, seed):
+    """Write n_images JPEGs of 481x321 (the size of most BSDS500 images): smooth random colour
+    fields with noise, so that decoding and resizing cost what real photos cost."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((481, 321), Image.BICUBIC), dtype=np.float32)  # (321, 481, 3)
+        pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f'synthetic_{i:03d}.jpg'), quality=90)
+    return folder
+
+
+def image_folders(root):
+    """`root` and its direct sub-folders, those that hold image files."""
+    if not os.path.isdir(root):
+        return []
+    candidates = [root] + sorted(os.path.join(root, name) for name in os.listdir(root)
+                                 if os.path.isdir(os.path.join(root, name)))
+    return [folder for folder in candidates if utils.list_images(folder)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The plain references
+# ----------------------------------------------------------------------------------------------
+
+def plain_forward(model, lr_imgs):
+    """The tutorial's SRResNet forward pass, module by module: the plain reference runs this, so
+    that it stays plain whatever shortcuts models.SRResNet.forward may learn.
+    (N, 3, h, w) ImageNet-normed -> (N, 3, h * s, w * s) in [-1, 1]."""
+    output = model.conv_block1(lr_imgs)  # (N, 64, h, w)
+    output = model.conv_block2(model.residual_blocks(output)) + output  # (N, 64, h, w)
+    return model.conv_block3(model.subpixel_convolutional_blocks(output))  # (N, 3, h * s, w * s)
+
+
+def plain_pair(hr_img, scaling_factor):
+    """The tutorial's transform of an already-cropped RGB PIL image: bicubic downscale with Pillow,
+    then torchvision-style to-tensor. Returns (lr_img ImageNet-normed, hr_img in [-1, 1])."""
+    import torchvision.transforms.functional as TF  # imported here: only the plain pipeline needs it
+    lr_img = hr_img.resize((hr_img.width // scaling_factor, hr_img.height // scaling_factor), Image.BICUBIC)
+    lr_img = TF.normalize(TF.to_tensor(lr_img), utils.IMAGENET_MEAN, utils.IMAGENET_STD)  # (3, h, w)
+    hr_img = TF.to_tensor(hr_img) * 2. - 1.  # (3, h * s, w * s), in [-1, 1]
+    return lr_img, hr_img
+
+
+class PlainSRDataset(Dataset):
+    """The plain training pipeline: every sample decodes its whole image file, converts it to RGB,
+    takes a random crop and makes the pair with plain_pair. No cache, no cropping before converting."""
+
+    def __init__(self, paths, crop_size, scaling_factor):
+        self.paths, self.crop_size, self.scaling_factor = paths, crop_size, scaling_factor
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        img = Image.open(self.paths[index]).convert('RGB')
+        left = random.randint(0, img.width - self.crop_size)
+        top = random.randint(0, img.height - self.crop_size)
+        return plain_pair(img.crop((left, top, left + self.crop_size, top + self.crop_size)), self.scaling_factor)
+
+
+def plain_training_seconds(paths, model_args, config, device, iterations):
+    """Seconds per iteration of the plain reference: PlainSRDataset, NCHW eager float32 SRResNet,
+    Adam, MSE. Timed like train_srresnet.py: from the end of iteration 2 to the end of the last."""
+    torch.manual_seed(config.seed)
+    dataset = PlainSRDataset(paths, config.crop_size, config.scaling_factor)
+    # Persistent workers: a small (synthetic) set is an epoch every batch or two, and restarting the
+    # workers every epoch would time process start-up rather than the pipeline.
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.plain_workers,
+                        pin_memory=device.type == 'cuda', drop_last=True, persistent_workers=config.plain_workers > 0)
+    model = SRResNet(**model_args).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def batches():  # as many epochs as the iterations need (a small synthetic set is few batches)
+        while True:
+            yield from loader
+
+    stream, start = batches(), None
+    with warnings.catch_warnings():  # more workers than cores is the tutorial's choice, timed as it is
+        warnings.filterwarnings('ignore', message='This DataLoader will create')
+        for iteration in range(1, iterations + 1):
+            lr_imgs, hr_imgs = next(stream)  # (N, 3, 24, 24) ImageNet-normed, (N, 3, 96, 96) in [-1, 1]
+            lr_imgs, hr_imgs = lr_imgs.to(device), hr_imgs.to(device)
+            loss = F.mse_loss(plain_forward(model, lr_imgs), hr_imgs)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if iteration == 2:
+                synchronize(device)
+                start = time.perf_counter()
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / (iterations - 2)
+        del stream  # shuts the loader's workers down
+    return seconds
+
+
+def call_main(module, argv):
+    """module.main(argv) with its printing captured, and its top-of-file constants restored
+    afterwards (parse_config writes the overrides into the module). Returns (result, output)."""
+    saved = {key: getattr(module, key) for key in module.__annotations__}
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):
+            return module.main(argv), output.getvalue()
+    except BaseException:
+        print(output.getvalue()[-3000:])
+        raise
+    finally:
+        for key, value in saved.items():
+            setattr(module, key, value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sections
+# ----------------------------------------------------------------------------------------------
+
+def bench_inference(config, device, checkpoint_path, state_dict, model_args, macs):
+    """Sections 1 and 4: project path against plain reference, and tiled against whole."""
+    import super_resolve
+    plain = SRResNet(**model_args)
+    plain.load_state_dict(state_dict)
+    plain = plain.to(device).eval()
+    project = super_resolve.load_inference_model(checkpoint_path, device, super_resolve.channels_last)
+    tile_size = config.tile_size or super_resolve.tile_size
+    largest = max(config.inference_sizes, key=lambda size: size[0] * size[1])
+    rows, tiling = [], None
+    generator = torch.Generator().manual_seed(config.seed)
+    for index, (width, height) in enumerate(config.inference_sizes):
+        lr_img = torch.randn(1, 3, height, width, generator=generator).to(device)  # (1, 3, h, w), ImageNet-normed
+
+        def run_plain():
+            with torch.no_grad():
+                return plain_forward(plain, lr_img)  # (1, 3, h * s, w * s), in [-1, 1]
+
+        paths = {'plain': run_plain,
+                 'project': lambda: super_resolve.upscale_tensor(project, lr_img, 0, super_resolve.tile_overlap)}
+        if [width, height] == list(largest):
+            paths['tiled'] = lambda: super_resolve.upscale_tensor(project, lr_img, tile_size,
+                                                                  super_resolve.tile_overlap)
+        print(f"  inference {width}x{height}: {', '.join(paths)}, {config.inference_repeats} timed runs each")
+        # One warm-up run per path. A CPU has no allocator cache to fill, so after the first size
+        # it would only repeat the page faults that every run pays anyway: saved, on big inputs.
+        warmup = 1 if index == 0 or device.type != 'cpu' else 0
+        seconds, outputs = time_interleaved(paths, device, config.inference_repeats, warmup)
+        difference = strict_difference(outputs['plain'], outputs['project'], device, run_plain, paths['project'])
+        out_pixels = outputs['plain'].shape[-1] * outputs['plain'].shape[-2]
+        rows.append({'lr_size': [width, height], 'sr_size': list(outputs['plain'].shape[-2:][::-1]),
+                     'plain_s': seconds['plain'], 'project_s': seconds['project'],
+                     'plain_mp_per_s': out_pixels / seconds['plain'] / 1e6,
+                     'project_mp_per_s': out_pixels / seconds['project'] / 1e6,
+                     'speedup': seconds['plain'] / seconds['project'],
+                     'project_gflop_per_s': 2 * macs * width * height / seconds['project'] / 1e9,
+                     'plain_gflop_per_s': 2 * macs * width * height / seconds['plain'] / 1e9,
+                     'max_abs_diff': difference})
+        if 'tiled' in seconds:
+            tiling = {'lr_size': [width, height], 'tile_size': tile_size, 'tile_overlap': super_resolve.tile_overlap,
+                      'whole_s': seconds['project'], 'tiled_s': seconds['tiled'],
+                      'overhead': seconds['tiled'] / seconds['project'] - 1,
+                      'max_abs_diff_tiled_vs_whole': (outputs['tiled'] - outputs['project']).abs().max().item()}
+        del outputs
+    return rows, tiling
+
+
+def strict_difference(plain_out, project_out, device, run_plain, run_project):
+    """max |project - plain|. On CUDA both run again with TF32 off, so that the comparison is of
+    true float32 (TF32 convolutions, torch's default there, differ by ~1e-3 on their own)."""
+    if device.type != 'cuda':
+        return (project_out.float() - plain_out.float()).abs().max().item()
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return (run_project().float() - run_plain().float()).abs().max().item()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes):
+    """Section 2: train_srresnet.py (at its defaults, and on a GPU at fp32 NCHW and with compile)
+    and train_srgan.py, against the plain reference pipeline."""
+    import train_srresnet
+    iterations = config.train_iterations or (40 if device.type == 'cuda' else 6)
+    if iterations < 3:
+        raise ValueError(f"train_iterations must be at least 3 (2 warm-up, 1 timed), got {iterations}")
+    folders = image_folders(config.train_folder)
+    if folders:
+        source = config.train_folder
+    else:
+        source = make_synthetic_images(os.path.join(tmp, 'synthetic'), config.synthetic_images, config.seed)
+        folders = [source]
+        notes.append(f"{config.train_folder} not found: training used {config.synthetic_images} synthetic 481x321 "
+                     f"JPEGs instead")
+        print(f"  note: {notes[-1]}")
+    data_folder = os.path.join(tmp, 'lists')
+    with contextlib.redirect_stdout(io.StringIO()):
+        utils.create_data_lists(folders, [], config.crop_size, data_folder)
+    with open(os.path.join(data_folder, 'train_images.json')) as f:
+        paths = json.load(f)
+    # The project runs take the scripts' own defaults for everything that sets speed (workers,
+    # cache_images, channels_last, amp, compile), unless train_args or a GPU row says otherwise.
+    common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--batch_size={config.batch_size}',
+              f'--iterations={iterations}', '--val_freq=0', '--save_freq=1000000000', '--print_freq=1000000000',
+              f'--device={device}', f'--seed={config.seed}'] + config.train_args.split()
+    model_flags = [f'--{key}={value}' for key, value in model_args.items()]
+    srresnet_runs = [('train_srresnet.py defaults', [])]
+    if device.type == 'cuda':
+        srresnet_runs = [('fp32 NCHW (amp=off, channels_last=False)', ['--amp=off', '--channels_last=False']),
+                         ('AMP + channels_last (the defaults)', ['--amp=auto', '--channels_last=True']),
+                         ('AMP + channels_last + compile', ['--amp=auto', '--channels_last=True', '--compile=True'])]
+    lr_pixels = (config.crop_size // config.scaling_factor) ** 2
+    result = {'iterations': iterations, 'timed_iterations': iterations - 2, 'batch_size': config.batch_size,
+              'crop_size': config.crop_size, 'images': len(paths), 'image_source': source, 'runs': []}
+
+    def record(name, seconds, script, args):
+        samples = config.batch_size / seconds
+        run = {'name': name, 'script': script, 'args': args, 'seconds_per_iteration': seconds,
+               'iterations_per_s': 1 / seconds, 'samples_per_s': samples,
+               'gflop_per_s': 3 * 2 * macs * lr_pixels * samples / 1e9 if script != 'train_srgan.py' else None}
+        result['runs'].append(run)
+        print(f"    {name}: {seconds:.3f} s/iteration, {samples:.2f} samples/s")
+        return run
+
+    print(f"  training: plain reference, {iterations} iterations")
+    plain_seconds = plain_training_seconds(paths, model_args, config, device, iterations)
+    plain = record('plain reference', plain_seconds, 'bench.py', [])
+    for name, flags in srresnet_runs:
+        print(f"  training: train_srresnet.py {' '.join(flags) or '(defaults)'}, {iterations} iterations")
+        try:
+            out_dir = os.path.join(tmp, 'srresnet')
+            returned, _ = call_main(train_srresnet, common + model_flags + flags + [f'--out_dir={out_dir}'])
+            run = record(name, returned['seconds_per_iteration'], 'train_srresnet.py', flags)
+            run['speedup_vs_plain'] = plain['seconds_per_iteration'] / run['seconds_per_iteration']
+        except (Exception, SystemExit) as error:  # an optional row (compile without a compiler, say)
+            notes.append(f"train_srresnet.py {' '.join(flags)} failed: {type(error).__name__}: {error}")
+            print(f"    note: {notes[-1]}")
+    if config.srgan:
+        print(f"  training: train_srgan.py (vgg19_weights=''), {iterations} iterations")
+        try:
+            import train_srgan
+            out_dir = os.path.join(tmp, 'srgan')
+            returned, _ = call_main(train_srgan, common + [
+                '--vgg19_weights=', f'--srresnet_checkpoint={checkpoint_path}', f'--out_dir={out_dir}'])
+            record('train_srgan.py defaults', returned['seconds_per_iteration'], 'train_srgan.py', [])
+        except (Exception, SystemExit) as error:
+            notes.append(f"train_srgan.py skipped: {type(error).__name__}: {error}")
+            print(f"    note: {notes[-1]}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+def print_table(results):
+    """The short table a person reads; the JSON holds the same numbers and more."""
+    print(f"\n{results['device']}, torch {results['torch']}, {results['threads']} threads")
+    inference = results.get('inference') or []
+    if inference:
+        print(f"\n1. Inference, batch 1, fp32 ({results['macs_per_lr_pixel']:,} MACs per LR pixel)")
+        print(f"   {'LR -> SR':<22}{'plain MP/s':>11}{'project MP/s':>14}{'speedup':>9}{'GFLOP/s':>9}"
+              f"{'max |diff|':>12}")
+        for row in inference:
+            (w, h), (sw, sh) = row['lr_size'], row['sr_size']
+            print(f"   {f'{w}x{h} -> {sw}x{sh}':<22}{row['plain_mp_per_s']:>11.3f}{row['project_mp_per_s']:>14.3f}"
+                  f"{row['speedup']:>8.2f}x{row['project_gflop_per_s']:>9.1f}{row['max_abs_diff']:>12.1e}")
+    training = results.get('training')
+    if training:
+        print(f"\n2. Training, batch {training['batch_size']}, {training['crop_size']} px crops, "
+              f"{training['timed_iterations']} timed iterations, {training['images']} images from "
+              f"{training['image_source']}")
+        print(f"   {'run':<44}{'it/s':>8}{'samples/s':>11}{'speedup':>9}{'GFLOP/s':>9}")
+        for run in training['runs']:
+            speedup = f"{run['speedup_vs_plain']:.2f}x" if 'speedup_vs_plain' in run else ''
+            gflops = f"{run['gflop_per_s']:.1f}" if run['gflop_per_s'] else ''
+            print(f"   {run['name']:<44}{run['iterations_per_s']:>8.3f}{run['samples_per_s']:>11.2f}"
+                  f"{speedup:>9}{gflops:>9}")
+    if results.get('peak_gflop_per_s'):
+        peak = results['peak_gflop_per_s']
+        print(f"\n3. Utilisation: peak 3x3 channels_last convolution {peak:.1f} GFLOP/s")
+        for row in inference:
+            print(f"   inference {row['lr_size'][0]}x{row['lr_size'][1]}: project {row['project_gflop_per_s']:.1f} "
+                  f"GFLOP/s ({row['project_gflop_per_s'] / peak:.0%} of peak), "
+                  f"plain {row['plain_gflop_per_s']:.1f} ({row['plain_gflop_per_s'] / peak:.0%})")
+        for run in (training or {}).get('runs', []):
+            if run['gflop_per_s']:
+                print(f"   training, {run['name']}: {run['gflop_per_s']:.1f} GFLOP/s "
+                      f"({run['gflop_per_s'] / peak:.0%} of peak)")
+    tiling = results.get('tiling')
+    if tiling:
+        print(f"\n4. Tiling, {tiling['lr_size'][0]}x{tiling['lr_size'][1]} LR, tiles of {tiling['tile_size']} px "
+              f"(overlap {tiling['tile_overlap']}): whole {tiling['whole_s']:.2f} s, tiled {tiling['tiled_s']:.2f} s, "
+              f"overhead {tiling['overhead']:+.1%}")
+    for note in results['notes']:
+        print(f"note: {note}")
+
+
+def main(argv):
+    """Run the benchmark; returns the results dict that is also written to results_file."""
+    config = utils.parse_config(globals(), argv)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = utils.pick_device(config.device)
+    print(f"Device: {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    started = time.perf_counter()
+    model_args = dict(large_kernel_size=config.large_kernel_size, small_kernel_size=config.small_kernel_size,
+                      n_channels=config.n_channels, n_blocks=config.n_blocks, scaling_factor=config.scaling_factor)
+    macs = macs_per_lr_pixel(**model_args)
+    load_average = (lambda: list(os.getloadavg())) if hasattr(os, 'getloadavg') else (lambda: None)
+    results = {'device': device_name(device), 'device_type': device.type, 'torch': torch.__version__,
+               'threads': torch.get_num_threads(), 'interop_threads': torch.get_num_interop_threads(),
+               'cpu_count': os.cpu_count(), 'load_average_start': load_average(),
+               'config': vars(config), 'macs_per_lr_pixel': macs, 'inference': None, 'training': None,
+               'peak_gflop_per_s': None, 'tiling': None, 'notes': []}
+    notes, peaks = results['notes'], []
+    # Imported now, not at its first plot: the last training iteration's plot would pay for it.
+    import matplotlib.pyplot  # noqa: F401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_path = os.path.join(tmp, 'srresnet_random.pth')
+        state_dict = save_random_checkpoint(checkpoint_path, model_args, config.seed)
+        sections = [
+            ('peak', lambda: peaks.append(measure_peak_gflops(device, config.peak_conv_shape))),
+            ('inference', lambda: results.update(zip(('inference', 'tiling'), bench_inference(
+                config, device, checkpoint_path, state_dict, model_args, macs)))),
+            ('training', lambda: results.update(training=bench_training(
+                config, device, tmp, checkpoint_path, model_args, macs, notes))),
+            # Again at the end: the best of both, as one measurement is easily cut short on a busy machine.
+            ('peak', lambda: peaks.append(measure_peak_gflops(device, config.peak_conv_shape))),
+        ]
+        for name, run in sections:
+            if name not in config.sections.split(','):
+                continue
+            print(f"{name} ({time.perf_counter() - started:.0f} s)")
+            try:
+                run()
+            except (Exception, SystemExit) as error:  # one broken section must not lose the others' numbers
+                notes.append(f"section {name} failed: {type(error).__name__}: {error}")
+                print(f"  note: {notes[-1]}")
+
+    results['peak_gflop_per_s'] = max(peaks, default=None)
+    results['seconds'] = time.perf_counter() - started
+    results['load_average_end'] = load_average()
+    print_table(results)
+    folder = os.path.dirname(os.path.abspath(config.results_file))
+    os.makedirs(folder, exist_ok=True)
+    with open(config.results_file + '.tmp', 'w') as f:
+        json.dump(results, f, indent=2)
+    os.replace(config.results_file + '.tmp', config.results_file)
+    print(f"\nWrote {config.results_file} ({results['seconds']:.0f} s)")
+    mismatched = [row for row in results['inference'] or [] if not row['max_abs_diff'] <= config.tolerance]
+    if mismatched:
+        raise AssertionError(f"the project's inference differs from the plain reference by more than "
+                             f"{config.tolerance}: {[(row['lr_size'], row['max_abs_diff']) for row in mismatched]}")
+    return results
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
