@@ -179,12 +179,7 @@ def main(argv):
         # The generator wants its SR images called natural: the label 1.
         adversarial_loss = F.binary_cross_entropy_with_logits(sr_logits.float(), torch.ones_like(sr_logits.float()))
         perceptual_loss = content_loss + config.beta * adversarial_loss
-        optimizer_g.zero_grad(set_to_none=True)
-        scaler.scale(perceptual_loss).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer_g)
-            utils.clip_gradient(optimizer_g, config.grad_clip)
-        scaler.step(optimizer_g)
+        utils.optimizer_step(optimizer_g, perceptual_loss, scaler, config.grad_clip)
         plain_discriminator.requires_grad_(True)
 
         # 2. Discriminator update, on HR images (label 1) and the detached SR images (label 0):
@@ -194,13 +189,8 @@ def main(argv):
             sr_logits = train_discriminator(sr_imgs.detach())  # (N,)
         discriminator_loss = F.binary_cross_entropy_with_logits(hr_logits.float(), torch.ones_like(hr_logits.float())) \
             + F.binary_cross_entropy_with_logits(sr_logits.float(), torch.zeros_like(sr_logits.float()))
-        optimizer_d.zero_grad(set_to_none=True)
-        scaler.scale(discriminator_loss).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer_d)
-            utils.clip_gradient(optimizer_d, config.grad_clip)
-        scaler.step(optimizer_d)
-        scaler.update()
+        utils.optimizer_step(optimizer_d, discriminator_loss, scaler, config.grad_clip)
+        scaler.update()  # once per iteration, after both optimizers stepped
 
         loss_sums += torch.stack([content_loss, adversarial_loss, discriminator_loss]).detach()
         n_summed += 1

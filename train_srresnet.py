@@ -132,12 +132,7 @@ def main(argv):
             sr_imgs = train_model(lr_imgs)  # (N, 3, 96, 96), in [-1, 1]
         loss = F.mse_loss(sr_imgs.float(), hr_imgs)  # scalar; the MSE in float32 whatever the autocast
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer)
-            utils.clip_gradient(optimizer, config.grad_clip)
-        scaler.step(optimizer)
+        utils.optimizer_step(optimizer, loss, scaler, config.grad_clip)
         scaler.update()
         loss_sum += loss.detach()
         n_summed += 1

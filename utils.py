@@ -461,6 +461,17 @@ def clip_gradient(optimizer, grad_clip):
                 param.grad.data.clamp_(-grad_clip, grad_clip)
 
 
+def optimizer_step(optimizer, loss, scaler, grad_clip=0.):
+    """One update: zero the gradients, backpropagate `loss` (scaled when fp16 needs it), clamp the
+    gradients if grad_clip is set, and step. The caller runs scaler.update() once per iteration."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)  # clamp the true gradients, not the scaled ones
+        clip_gradient(optimizer, grad_clip)
+    scaler.step(optimizer)
+
+
 def adjust_learning_rate(optimizer, shrink_factor):
     """Multiply every parameter group's learning rate by shrink_factor."""
     for group in optimizer.param_groups:
