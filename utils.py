@@ -4,6 +4,7 @@ every script needs (config overrides, device, seeding, checkpoints, training boo
 Importing this module picks no device, creates no tensor and reads no file.
 """
 import ast
+import csv
 import json
 import os
 import random
@@ -601,7 +602,6 @@ class TrainingLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.rows = []
         if resume_from and os.path.isfile(path):
-            import csv
             with open(path, newline='') as f:
                 self.rows = [row for row in csv.DictReader(f) if int(row['iteration']) <= resume_from]
         self._write()
@@ -612,7 +612,6 @@ class TrainingLog:
         self._write()
 
     def _write(self):
-        import csv
         tmp_path = self.path + '.tmp'
         with open(tmp_path, 'w', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=self.fields)
