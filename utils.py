@@ -4,6 +4,7 @@ every script needs (config overrides, device, seeding, checkpoints, training boo
 Importing this module picks no device, creates no tensor and reads no file.
 """
 import ast
+import contextlib
 import csv
 import json
 import os
@@ -247,8 +248,122 @@ def compute_psnr_ssim(sr_img, hr_img, crop_border):
 
 
 # ----------------------------------------------------------------------------------------------
+# Writing outputs safely
+# ----------------------------------------------------------------------------------------------
+
+TMP_PREFIX = '.tmp_'  # temporary files are named .tmp_<pid>_<random><suffix>, beside their target
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb', newline=None):
+    """Open a temporary file beside `path`; on success, os.replace it onto `path`.
+
+    A crash, a kill or a full disk midway leaves the old `path` as it was (or no file), never a
+    torn one; on an error the temporary file is removed and the error goes on. The temporary
+    name carries this process's id, so remove_stale_temporaries can tell a dead run's leftovers.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'{TMP_PREFIX}{os.getpid()}_', suffix=suffix)
+    try:
+        with os.fdopen(fd, mode, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
+        os.chmod(tmp_path, 0o644)  # mkstemp makes files private; outputs are ordinary files
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def save_image(img, path):
+    """Save a PIL image atomically, in the format its file extension names."""
+    extension = os.path.splitext(path)[1].lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None:
+        raise ValueError(f"{path}: {extension!r} is not an image format Pillow can write")
+    with atomic_write(path) as f:
+        img.save(f, format=image_format)
+
+
+def save_json(obj, path):
+    """Write JSON atomically, indented for people to read."""
+    with atomic_write(path, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.write('\n')
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure atomically (the format from the extension)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=100)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files that a killed process left in `folder`; returns their paths.
+
+    Only files named by atomic_write whose process is no longer alive are removed: a run that is
+    still writing keeps its own.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid_text = name[len(TMP_PREFIX):].split('_', 1)[0]
+        if pid_text.isdigit() and (int(pid_text) == os.getpid() or _process_alive(int(pid_text))):
+            continue  # still being written
+        os.remove(os.path.join(folder, name))
+        removed.append(os.path.join(folder, name))
+    if removed:
+        print(f"Removed {len(removed)} temporary file(s) left by an interrupted run in {folder}")
+    return removed
+
+
+def _process_alive(pid):
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
 # Config from the command line
 # ----------------------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A constant or command-line value that cannot work; the message says which and why."""
+
+
+def run_script(main, script_file):
+    """Run a script's main(sys.argv[1:]), turning the project's expected errors into one line.
+
+    Bad paths, values, lists and checkpoints (FileNotFoundError, ValueError) and failed writes
+    (OSError: a full disk, a read-only folder) print `script: error: message` on stderr and exit
+    with code 1, with no traceback; anything else is a bug and keeps its traceback.
+    """
+    try:
+        main(sys.argv[1:])
+    except (OSError, ValueError) as error:
+        message = str(error) or type(error).__name__
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
+            message = f"cannot write or read {error.filename}: {error.strerror}"
+        sys.exit(f"{os.path.basename(script_file)}: error: {' '.join(message.split())}")
+
+
+def require(condition, message):
+    """Raise ConfigError(message) unless condition holds: for checking config values up front."""
+    if not condition:
+        raise ConfigError(message)
+
 
 def parse_config(script_globals, argv):
     """Apply `--key=value` overrides to a script's typed top-of-file constants.
@@ -271,10 +386,10 @@ def parse_config(script_globals, argv):
     overrides = {}
     for arg in argv:
         if not arg.startswith('--') or '=' not in arg:
-            sys.exit(f"{script}: arguments take the form --key=value, got {arg!r}")
+            raise ConfigError(f"arguments take the form --key=value, got {arg!r}")
         key, text = arg[2:].split('=', 1)
         if key not in annotations:
-            sys.exit(f"{script}: unknown key {key!r}; known keys: {', '.join(annotations)}")
+            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(annotations)}")
         expected = annotations[key]
         if expected is str:
             # A path or a name: --checkpoint=123 means the file "123", and a quoted '' means empty.
@@ -289,7 +404,7 @@ def parse_config(script_globals, argv):
             if expected is list and isinstance(value, tuple):
                 value = list(value)
             if type(value) is not expected:
-                sys.exit(f"{script}: --{key} must be of type {expected.__name__}, got {text!r}")
+                raise ConfigError(f"--{key} must be of type {expected.__name__}, got {text!r}")
         overrides[key] = value
     for key, value in overrides.items():
         print(f"Overriding: {key} = {value!r}")
@@ -310,7 +425,15 @@ def pick_device(name='auto'):
             name = 'mps'
         else:
             name = 'cpu'
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda' or 'cuda:1')") from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this machine has no CUDA GPU (try device='auto' or 'cpu')")
+    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def amp_settings(device, amp):
@@ -365,20 +488,9 @@ def set_rng_states(states):
 # ----------------------------------------------------------------------------------------------
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file beside `path`, then os.replace it into place, so that a
-    crash or a kill never leaves a torn checkpoint behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.pth')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes files private; a checkpoint is an ordinary file
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """torch.save through atomic_write, so that a crash or a kill never leaves a torn checkpoint."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint'):
