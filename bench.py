@@ -2,7 +2,7 @@
 
     python bench.py                                    # everything: about 4 minutes on an idle 2-core CPU
     python bench.py --device=cuda                      # on a GPU (also what 'auto' picks there)
-    python bench.py --train_iterations=4 --srgan=False --inference_sizes="[[128, 128]]"   # quicker
+    python bench.py --sections=peak,training --batch_sizes="[16]" --srgan=False      # quicker
 
 It measures, in one run, each result against a plain PyTorch reference timed beside it (the
 repeats interleaved, so a machine busy with something else slows both alike):
@@ -29,6 +29,7 @@ that folder is missing it makes synthetic ones, and says so. Prints a table, wri
 disagree stop the script with an error after the results are written.
 """
 import contextlib
+import csv
 import io
 import json
 import os
@@ -50,7 +51,7 @@ from models import SRResNet
 
 # ----------------------------------------------------------------------------------------------
 # Data
-train_folder: str = '../shared/data/train'  # real training images (this folder and its sub-folders)
+train_folder: str = 'data/train'  # real training images (this folder and its sub-folders; synthetic if missing)
 crop_size: int = 96  # HR training crop side in px (paper: 96)
 synthetic_images: int = 64  # images to generate when train_folder is missing
 # Model
@@ -64,15 +65,19 @@ inference_sizes: list = [[128, 128], [480, 270]]  # LR inputs as [width, height]
 inference_repeats: int = 3  # timed runs of each inference path, interleaved (the median counts)
 tolerance: float = 1e-4  # largest allowed |project - plain| on the [-1, 1] outputs
 tile_size: int = 0  # tiles for section 4, in LR px (0 = super_resolve.py's default)
-batch_size: int = 16  # training batch (paper: 16)
-train_iterations: int = 0  # per training run; the first 2 are warm-up (0 = 6 on a CPU, 40 on a GPU)
+batch_sizes: list = [16, 64]  # training batches timed on every path (paper: 16)
+gpu_batch_sizes: list = [128, 256, 512]  # on a GPU, also these for the device path: the best one is kept
+compile_modes: list = ['default', 'reduce-overhead']  # on a GPU, torch.compile modes tried at the best batch
+train_iterations: int = 0  # timed iterations per training run, after as many warm-up ones (0 = 4 on a CPU, 60 on a GPU)
+train_images: int = 200  # images of train_folder to train on (speed does not depend on how many)
 plain_workers: int = 4  # DataLoader workers of the plain training pipeline (the tutorial's 4)
 train_args: str = ''  # extra --key=value overrides for every train_srresnet.py / train_srgan.py run
+srgan_batch_sizes: list = [16, 64]  # train_srgan.py batches timed, with the MSE and the VGG54 content losses
 srgan: bool = True  # also time a train_srgan.py iteration
 peak_conv_shape: list = [1, 256, 128, 128]  # (N, C, H, W) of the C->C 3x3 conv that measures the peak
 sections: str = 'peak,inference,training'  # which to run, comma-separated (tiling is part of inference)
 # Results
-results_file: str = 'results/bench.json'  # the same numbers as the printed table
+results_file: str = 'runs/bench/bench.json'  # the same numbers as the printed table
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 threads: int = 0  # torch intra-op threads (0 = torch's default, one per core)
@@ -120,16 +125,16 @@ def macs_per_lr_pixel(large_kernel_size, small_kernel_size, n_channels, n_blocks
     return macs + c * 3 * big * scaling_factor ** 2  # last convolution, at the HR size
 
 
-def measure_peak_gflops(device, shape, seconds=1.0):
-    """GFLOP/s of a C->C 3x3 channels_last convolution on an (N, C, H, W) input: the most this
-    machine's convolution library gets out of it, the yardstick for everything else.
+def measure_peak_gflops(device, shape, dtype=torch.float32, seconds=1.0):
+    """GFLOP/s of a C->C 3x3 channels_last convolution on an (N, C, H, W) input, in `dtype`: the
+    most this machine's convolution library gets out of it, the yardstick for everything else.
     On CUDA the batch is 16x larger (a GPU needs more work to fill) and float32 convolutions
     run in TF32 where torch's defaults allow it, as the model's own convolutions do."""
     n, c, h, w = shape
     if device.type == 'cuda':
         n *= 16
-    x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(c, c, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     flops = 2 * n * c * c * 9 * h * w
     with torch.inference_mode():
         best, spent = float('inf'), 0.
@@ -253,14 +258,14 @@ class PlainSRDataset(Dataset):
         return plain_pair(img.crop((left, top, left + self.crop_size, top + self.crop_size)), self.scaling_factor)
 
 
-def plain_training_seconds(paths, model_args, config, device, iterations):
+def plain_training_seconds(paths, model_args, config, device, batch_size, warmup, iterations):
     """Seconds per iteration of the plain reference: PlainSRDataset, NCHW eager float32 SRResNet,
-    Adam, MSE. Timed like train_srresnet.py: from the end of iteration 2 to the end of the last."""
+    Adam, MSE. Timed from the end of iteration `warmup` to the end of iteration warmup + iterations."""
     torch.manual_seed(config.seed)
     dataset = PlainSRDataset(paths, config.crop_size, config.scaling_factor)
     # Persistent workers: a small (synthetic) set is an epoch every batch or two, and restarting the
     # workers every epoch would time process start-up rather than the pipeline.
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.plain_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=config.plain_workers,
                         pin_memory=device.type == 'cuda', drop_last=True, persistent_workers=config.plain_workers > 0)
     model = SRResNet(**model_args).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -272,26 +277,24 @@ def plain_training_seconds(paths, model_args, config, device, iterations):
     stream, start = batches(), None
     with warnings.catch_warnings():  # more workers than cores is the tutorial's choice, timed as it is
         warnings.filterwarnings('ignore', message='This DataLoader will create')
-        for iteration in range(1, iterations + 1):
+        for iteration in range(1, warmup + iterations + 1):
             lr_imgs, hr_imgs = next(stream)  # (N, 3, 24, 24) ImageNet-normed, (N, 3, 96, 96) in [-1, 1]
             lr_imgs, hr_imgs = lr_imgs.to(device), hr_imgs.to(device)
             loss = F.mse_loss(plain_forward(model, lr_imgs), hr_imgs)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if iteration == 2:
+            if iteration == warmup:
                 synchronize(device)
                 start = time.perf_counter()
         synchronize(device)
-        seconds = (time.perf_counter() - start) / (iterations - 2)
+        seconds = (time.perf_counter() - start) / iterations
         del stream  # shuts the loader's workers down
     return seconds
 
 
 def call_main(module, argv):
-    """module.main(argv) with its printing captured, and its top-of-file constants restored
-    afterwards (parse_config writes the overrides into the module). Returns (result, output)."""
-    saved = {key: getattr(module, key) for key in module.__annotations__}
+    """module.main(argv) with its printing captured (shown if it fails). Returns (result, output)."""
     output = io.StringIO()
     try:
         with contextlib.redirect_stdout(output):
@@ -299,9 +302,16 @@ def call_main(module, argv):
     except BaseException:
         print(output.getvalue()[-3000:])
         raise
-    finally:
-        for key, value in saved.items():
-            setattr(module, key, value)
+
+
+def logged_seconds_per_iteration(log_path):
+    """Mean seconds per iteration that a training run logged after its first report (the first
+    covers the warm-up: cuDNN's algorithm search, compilation, the allocator filling up)."""
+    with open(log_path, newline='') as f:
+        rows = [row for row in csv.DictReader(f) if row['ms_per_iteration']]
+    if len(rows) < 2:
+        raise ValueError(f"{log_path} has {len(rows)} timed reports; the run needs at least 2")
+    return float(np.mean([float(row['ms_per_iteration']) for row in rows[1:]])) / 1000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,13 +378,9 @@ def strict_difference(plain_out, project_out, device, run_plain, run_project):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes):
-    """Section 2: train_srresnet.py (at its defaults, and on a GPU at fp32 NCHW and with compile)
-    and train_srgan.py, against the plain reference pipeline."""
-    import train_srresnet
-    iterations = config.train_iterations or (40 if device.type == 'cuda' else 6)
-    if iterations < 3:
-        raise ValueError(f"train_iterations must be at least 3 (2 warm-up, 1 timed), got {iterations}")
+def training_images(config, tmp, notes):
+    """(data folder with train_images.json, its paths, where they came from): up to train_images
+    images of train_folder, evenly spread over it, or synthetic ones where it is missing."""
     folders = image_folders(config.train_folder)
     if folders:
         source = config.train_folder
@@ -389,54 +395,82 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         utils.create_data_lists(folders, [], config.crop_size, data_folder)
     with open(os.path.join(data_folder, 'train_images.json')) as f:
         paths = json.load(f)
-    # The project runs take the scripts' own defaults for everything that sets speed (workers,
-    # cache_images, channels_last, amp, compile), unless train_args or a GPU row says otherwise.
-    common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--batch_size={config.batch_size}',
-              f'--iterations={iterations}', '--val_freq=0', '--save_freq=1000000000', '--print_freq=1000000000',
-              f'--device={device}', f'--seed={config.seed}'] + config.train_args.split()
-    model_flags = [f'--{key}={value}' for key, value in model_args.items()]
-    srresnet_runs = [('train_srresnet.py defaults', [])]
-    if device.type == 'cuda':
-        srresnet_runs = [('fp32 NCHW (amp=off, channels_last=False)', ['--amp=off', '--channels_last=False']),
-                         ('AMP + channels_last (the defaults)', ['--amp=auto', '--channels_last=True']),
-                         ('AMP + channels_last + compile', ['--amp=auto', '--channels_last=True', '--compile=True'])]
-    lr_pixels = (config.crop_size // config.scaling_factor) ** 2
-    result = {'iterations': iterations, 'timed_iterations': iterations - 2, 'batch_size': config.batch_size,
-              'crop_size': config.crop_size, 'images': len(paths), 'image_source': source, 'runs': []}
+    paths = paths[::max(1, len(paths) // config.train_images)][:config.train_images]
+    with open(os.path.join(data_folder, 'train_images.json'), 'w') as f:
+        json.dump(paths, f)
+    return data_folder, paths, source
 
-    def record(name, seconds, script, args):
-        samples = config.batch_size / seconds
-        run = {'name': name, 'script': script, 'args': args, 'seconds_per_iteration': seconds,
-               'iterations_per_s': 1 / seconds, 'samples_per_s': samples,
-               'gflop_per_s': 3 * 2 * macs * lr_pixels * samples / 1e9 if script != 'train_srgan.py' else None}
+
+def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes, save_partial):
+    """Section 2: samples per second of each training path (the plain reference; train_srresnet.py
+    with a DataLoader and with the device stream) at each batch size, and on a GPU the device
+    stream at larger batches and under torch.compile; then train_srgan.py. Each project run is
+    timed by the ms/iteration its own log records after the first report (the warm-up).
+    save_partial(result) is called after every row, so a run cut short keeps what it measured."""
+    import train_srgan
+    import train_srresnet
+    iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
+    warmup = 20 if device.type == 'cuda' else 2
+    data_folder, paths, source = training_images(config, tmp, notes)
+    lr_pixels = (config.crop_size // config.scaling_factor) ** 2
+    precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
+    result = {'warmup_iterations': warmup, 'timed_iterations': iterations, 'crop_size': config.crop_size,
+              'images': len(paths), 'image_source': source, 'precision': precision, 'runs': []}
+    common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
+              f'--print_freq={warmup}', '--val_freq=0', '--save_freq=1000000000', f'--device={device}',
+              f'--seed={config.seed}', '--overwrite=True'] + config.train_args.split()
+    model_flags = [f'--{key}={value}' for key, value in model_args.items()]
+
+    def record(name, batch_size, seconds, script, args):
+        samples = batch_size / seconds
+        gflops = 3 * 2 * macs * lr_pixels * samples / 1e9 if script != 'train_srgan.py' else None
+        run = {'name': name, 'batch_size': batch_size, 'script': script, 'args': args,
+               'seconds_per_iteration': seconds, 'samples_per_s': samples, 'gflop_per_s': gflops}
         result['runs'].append(run)
-        print(f"    {name}: {seconds:.3f} s/iteration, {samples:.2f} samples/s")
+        save_partial(result)
+        print(f"    {name}, batch {batch_size}: {seconds * 1000:.1f} ms/iteration, {samples:.1f} samples/s"
+              + (f", {gflops:.0f} GFLOP/s" if gflops else ''))
         return run
 
-    print(f"  training: plain reference, {iterations} iterations")
-    plain_seconds = plain_training_seconds(paths, model_args, config, device, iterations)
-    plain = record('plain reference', plain_seconds, 'bench.py', [])
-    for name, flags in srresnet_runs:
-        print(f"  training: train_srresnet.py {' '.join(flags) or '(defaults)'}, {iterations} iterations")
+    def project_run(name, script, batch_size, flags):
+        module = train_srresnet if script == 'train_srresnet.py' else train_srgan
+        out_dir = os.path.join(tmp, f'run{len(result["runs"])}')
+        args = common + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
+        print(f"  training: {script} batch {batch_size} {' '.join(flags)}")
         try:
-            out_dir = os.path.join(tmp, 'srresnet')
-            returned, _ = call_main(train_srresnet, common + model_flags + flags + [f'--out_dir={out_dir}'])
-            run = record(name, returned['seconds_per_iteration'], 'train_srresnet.py', flags)
-            run['speedup_vs_plain'] = plain['seconds_per_iteration'] / run['seconds_per_iteration']
+            call_main(module, args)
+            log_name = 'log_srresnet.csv' if script == 'train_srresnet.py' else 'log_srgan.csv'
+            return record(name, batch_size, logged_seconds_per_iteration(os.path.join(out_dir, log_name)), script, flags)
         except (Exception, SystemExit) as error:  # an optional row (compile without a compiler, say)
-            notes.append(f"train_srresnet.py {' '.join(flags)} failed: {type(error).__name__}: {error}")
+            notes.append(f"{script} {' '.join(flags)} batch {batch_size} failed: {type(error).__name__}: {error}")
             print(f"    note: {notes[-1]}")
+            return None
+        finally:
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+
+    for batch_size in config.batch_sizes:
+        print(f"  training: plain reference, batch {batch_size}")
+        record('plain reference', batch_size, plain_training_seconds(paths, model_args, config, device, batch_size,
+                                                                     warmup, iterations), 'bench.py', [])
+        project_run('DataLoader', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=off'])
+        project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
     if config.srgan:
-        print(f"  training: train_srgan.py (vgg19_weights=''), {iterations} iterations")
-        try:
-            import train_srgan
-            out_dir = os.path.join(tmp, 'srgan')
-            returned, _ = call_main(train_srgan, common + [
-                '--vgg19_weights=', f'--srresnet_checkpoint={checkpoint_path}', f'--out_dir={out_dir}'])
-            record('train_srgan.py defaults', returned['seconds_per_iteration'], 'train_srgan.py', [])
-        except (Exception, SystemExit) as error:
-            notes.append(f"train_srgan.py skipped: {type(error).__name__}: {error}")
-            print(f"    note: {notes[-1]}")
+        for batch_size in config.srgan_batch_sizes:
+            for content_loss in ('mse', 'vgg54'):
+                project_run(f'SRGAN-{content_loss.upper()} device stream', 'train_srgan.py', batch_size, [
+                    '--data_on_device=on', f'--content_loss={content_loss}', '--vgg19_weights=',
+                    f'--srresnet_checkpoint={checkpoint_path}'])
+    if device.type == 'cuda':
+        for batch_size in config.gpu_batch_sizes:
+            project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
+        device_runs = [run for run in result['runs'] if run['name'] == 'device stream']
+        if device_runs:
+            best = max(device_runs, key=lambda run: run['samples_per_s'])
+            result['best_batch_size'] = best['batch_size']
+            for mode in config.compile_modes:
+                project_run(f'device stream + compile {mode}', 'train_srresnet.py', best['batch_size'],
+                            model_flags + ['--data_on_device=on', f'--compile={mode}'])
     return result
 
 
@@ -458,26 +492,24 @@ def print_table(results):
                   f"{row['speedup']:>8.2f}x{row['project_gflop_per_s']:>9.1f}{row['max_abs_diff']:>12.1e}")
     training = results.get('training')
     if training:
-        print(f"\n2. Training, batch {training['batch_size']}, {training['crop_size']} px crops, "
-              f"{training['timed_iterations']} timed iterations, {training['images']} images from "
+        print(f"\n2. Training, {training['crop_size']} px crops, {training['precision']}, {training['timed_iterations']} "
+              f"timed iterations after {training['warmup_iterations']} warm-up, {training['images']} images from "
               f"{training['image_source']}")
-        print(f"   {'run':<44}{'it/s':>8}{'samples/s':>11}{'speedup':>9}{'GFLOP/s':>9}")
+        print(f"   {'run':<34}{'batch':>6}{'ms/it':>9}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>9}")
         for run in training['runs']:
-            speedup = f"{run['speedup_vs_plain']:.2f}x" if 'speedup_vs_plain' in run else ''
-            gflops = f"{run['gflop_per_s']:.1f}" if run['gflop_per_s'] else ''
-            print(f"   {run['name']:<44}{run['iterations_per_s']:>8.3f}{run['samples_per_s']:>11.2f}"
-                  f"{speedup:>9}{gflops:>9}")
-    if results.get('peak_gflop_per_s'):
-        peak = results['peak_gflop_per_s']
-        print(f"\n3. Utilisation: peak 3x3 channels_last convolution {peak:.1f} GFLOP/s")
+            gflops = f"{run['gflop_per_s']:.0f}" if run['gflop_per_s'] else ''
+            share = f"{run['percent_of_peak']:.1f}%" if run.get('percent_of_peak') else ''
+            print(f"   {run['name']:<34}{run['batch_size']:>6}{run['seconds_per_iteration'] * 1000:>9.1f}"
+                  f"{run['samples_per_s']:>11.1f}{gflops:>10}{share:>9}")
+    peaks = results.get('peak_gflop_per_s') or {}
+    if peaks:
+        print(f"\n3. Utilisation: peak 3x3 channels_last convolution "
+              + ', '.join(f"{value:.0f} GFLOP/s in {name}" for name, value in peaks.items()))
         for row in inference:
+            peak = peaks.get('fp32')
             print(f"   inference {row['lr_size'][0]}x{row['lr_size'][1]}: project {row['project_gflop_per_s']:.1f} "
-                  f"GFLOP/s ({row['project_gflop_per_s'] / peak:.0%} of peak), "
+                  f"GFLOP/s ({row['project_gflop_per_s'] / peak:.0%} of the fp32 peak), "
                   f"plain {row['plain_gflop_per_s']:.1f} ({row['plain_gflop_per_s'] / peak:.0%})")
-        for run in (training or {}).get('runs', []):
-            if run['gflop_per_s']:
-                print(f"   training, {run['name']}: {run['gflop_per_s']:.1f} GFLOP/s "
-                      f"({run['gflop_per_s'] / peak:.0%} of peak)")
     tiling = results.get('tiling')
     if tiling:
         print(f"\n4. Tiling, {tiling['lr_size'][0]}x{tiling['lr_size'][1]} LR, tiles of {tiling['tile_size']} px "
@@ -504,7 +536,14 @@ def main(argv):
                'cpu_count': os.cpu_count(), 'load_average_start': load_average(),
                'config': vars(config), 'macs_per_lr_pixel': macs, 'inference': None, 'training': None,
                'peak_gflop_per_s': None, 'tiling': None, 'notes': []}
-    notes, peaks = results['notes'], []
+    notes, peaks = results['notes'], {}
+    precisions = {'fp32': torch.float32}
+    if device.type == 'cuda' and torch.cuda.is_bf16_supported():
+        precisions['bf16'] = torch.bfloat16
+
+    def measure_peaks():  # the best of every measurement: one is easily cut short on a busy machine
+        for name, dtype in precisions.items():
+            peaks[name] = max(peaks.get(name, 0.), measure_peak_gflops(device, config.peak_conv_shape, dtype))
     # Imported now, not at its first plot: the last training iteration's plot would pay for it.
     import matplotlib.pyplot  # noqa: F401
 
@@ -512,13 +551,14 @@ def main(argv):
         checkpoint_path = os.path.join(tmp, 'srresnet_random.pth')
         state_dict = save_random_checkpoint(checkpoint_path, model_args, config.seed)
         sections = [
-            ('peak', lambda: peaks.append(measure_peak_gflops(device, config.peak_conv_shape))),
+            ('peak', measure_peaks),
             ('inference', lambda: results.update(zip(('inference', 'tiling'), bench_inference(
                 config, device, checkpoint_path, state_dict, model_args, macs)))),
             ('training', lambda: results.update(training=bench_training(
-                config, device, tmp, checkpoint_path, model_args, macs, notes))),
-            # Again at the end: the best of both, as one measurement is easily cut short on a busy machine.
-            ('peak', lambda: peaks.append(measure_peak_gflops(device, config.peak_conv_shape))),
+                config, device, tmp, checkpoint_path, model_args, macs, notes,
+                lambda training: utils.save_json({**results, 'peak_gflop_per_s': peaks, 'training': training},
+                                                  config.results_file)))),
+            ('peak', measure_peaks),  # again at the end
         ]
         for name, run in sections:
             if name not in config.sections.split(','):
@@ -530,15 +570,14 @@ def main(argv):
                 notes.append(f"section {name} failed: {type(error).__name__}: {error}")
                 print(f"  note: {notes[-1]}")
 
-    results['peak_gflop_per_s'] = max(peaks, default=None)
+    results['peak_gflop_per_s'] = peaks
+    for run in (results['training'] or {}).get('runs', []):
+        peak = peaks.get(results['training']['precision'])
+        run['percent_of_peak'] = 100 * run['gflop_per_s'] / peak if run['gflop_per_s'] and peak else None
     results['seconds'] = time.perf_counter() - started
     results['load_average_end'] = load_average()
     print_table(results)
-    folder = os.path.dirname(os.path.abspath(config.results_file))
-    os.makedirs(folder, exist_ok=True)
-    with open(config.results_file + '.tmp', 'w') as f:
-        json.dump(results, f, indent=2)
-    os.replace(config.results_file + '.tmp', config.results_file)
+    utils.save_json(results, config.results_file)
     print(f"\nWrote {config.results_file} ({results['seconds']:.0f} s)")
     mismatched = [row for row in results['inference'] or [] if not row['max_abs_diff'] <= config.tolerance]
     if mismatched:
@@ -548,4 +587,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    utils.run_script(main, __file__)

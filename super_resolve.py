@@ -10,18 +10,44 @@
 mode 'upscale' makes each input image 4x larger: what a user wants from a super-resolver.
 mode 'compare' is the tutorial's visualize_sr(): it takes the input as the high-resolution truth,
 downscales it 4x, restores it with bicubic interpolation, the SRResNet and the SRGAN, and writes
-a labelled grid of the three beside the original.
+a labelled grid of the three beside the original. The SRGAN's panel is named after its content
+loss, as in the paper: SRGAN-VGG54 (the default), SRGAN-VGG22 or SRGAN-MSE.
 
-Any image works: greyscale, palette, 16-bit and CMYK images become RGB, an alpha channel is
-upscaled bicubically, and the EXIF orientation is applied. Images of any size work: the model
-runs on overlapping tiles, each tile's output cut back to the tile, so memory stays bounded and
-there are no seams. The defaults (384 px tiles, 16 px of overlap) turn a 1920x1080 photo into
-7680x4320 within 3 GB on a CPU, and spend under 10% of extra work on the overlaps of a
-480x270 input: larger tiles cost memory, smaller ones more overlap.
+Any image works: greyscale, palette, 16-bit, 32-bit integer, float and CMYK images become RGB,
+an alpha channel is upscaled bicubically, and the EXIF orientation is applied. Images of any size
+work: the model runs on overlapping tiles, each tile's output cut back to the tile, so memory
+stays bounded and there are no seams. The defaults (384 px tiles, 16 px of overlap) turn a
+1920x1080 photo into 7680x4320 within 3 GB on a CPU, and spend under 10% of extra work on the
+overlaps of a 480x270 input: larger tiles cost memory, smaller ones more overlap. The whole output
+is held in memory, though, so an image whose output would exceed max_output_megapixels is refused
+from its header alone, before its pixels are decoded.
+
+Outputs are PNGs named after their input: photo.jpg -> photo_x4.png, or photo_compare.png.
+Two rules keep every output apart, and each file written is printed:
+  - inputs whose names differ only by their extension (a.png and a.jpg, or A.png and a.png)
+    keep it in the output's name: a_png_x4.png and a_jpg_x4.png;
+  - an existing file is never overwritten: the output takes the first free name of a_x4_1.png,
+    a_x4_2.png, ... So running `python super_resolve.py` twice writes outputs/chelsea_x4.png,
+    then outputs/chelsea_x4_1.png. (The check is made just before each write: two runs writing
+    into one folder at the same moment could still race.)
+Given a folder, files named like this script's outputs (*_x2.png, *_x4.png, *_x8.png and
+*_compare.png, with or without a _N) are not read as inputs, and the script says so: an output
+folder can be the input folder. Every file is written atomically (a temporary file renamed into
+place), so a full disk or a kill never leaves a truncated PNG.
+
+Errors print one line, `super_resolve.py: error: ...`, and exit with status 1. Given a folder, a
+bad image does not stop the others: it is reported in one line and the run goes on, then exits
+with status 1 if any image failed (a corrupt or truncated image file, an image too small to
+compare or too large to upscale), 0 if all were written. Files that are not images at all (their
+names are not an image's, and Pillow cannot read them: notes, sidecar files) are skipped with a
+note and do not count as failures.
 """
+import collections
 import math
 import os
-import sys
+import re
+import tempfile
+import warnings
 
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -46,7 +72,16 @@ srgan_checkpoint: str = ''  # compare: the SRGAN of the grid's third panel ('' =
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
+max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
+
+# Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
+# pixel (the float32 SR tensor is 12, the 8-bit image 3, the rest conversions and the PNG encoder),
+# plus about 1.3 GB for PyTorch, the model and one default tile's activations.
+BYTES_PER_OUTPUT_PIXEL = 22
+FIXED_BYTES = 1.3e9
+# What this script names its outputs (see the docstring): never read back as inputs.
+EARLIER_OUTPUT = re.compile(r'_(x[248]|compare)(_\d+)?\.png$')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,14 +98,34 @@ def load_inference_model(checkpoint, device, channels_last=True, kind=''):
         channels_last: store the weights in NHWC memory format (faster convolutions).
         kind: 'srresnet' or 'srgan' to insist on that kind of checkpoint, '' for either.
 
-    Every BatchNorm is folded into the convolution before it: the same function with one layer
-    less, equal to the plain model's output within float rounding. Returns the model in eval mode.
+    Returns the model of prepare_for_inference, in eval mode.
     """
     model, _ = utils.load_sr_model(checkpoint, device, kind)
+    return prepare_for_inference(model, channels_last)
+
+
+def prepare_for_inference(model, channels_last=True):
+    """Make a plain SRResNet or generator fast to run; returns the new model, in eval mode.
+
+    Every BatchNorm is folded into the convolution before it: the same function with one layer
+    less, equal to the plain model's output within float rounding. The last convolution runs
+    before the pixel shuffle, and the activations work in place.
+    """
     model = inplace_activations(shuffle_last_convolution(fold_batchnorm(model)))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def srgan_label(checkpoint):
+    """The paper's name for an SRGAN, from its content loss: 'SRGAN-VGG54', 'SRGAN-VGG22' or 'SRGAN-MSE'.
+
+    checkpoint: the loaded dict; train_srgan.py records the loss in checkpoint['config']['content_loss']
+    ('vgg54' when a checkpoint does not say).
+    """
+    config = checkpoint.get('config')
+    content_loss = config.get('content_loss') if isinstance(config, dict) else None
+    return f"SRGAN-{str(content_loss or 'vgg54').upper()}"
 
 
 def scaling_factor_of(model):
@@ -205,7 +260,8 @@ def _draw_text(draw, text, centre_x, top, font, fill):
     draw.text((centre_x - (right - left) / 2 - left, top), text, font=font, fill=fill)
 
 
-def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, tile_overlap=tile_overlap):
+def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, tile_overlap=tile_overlap,
+                 srgan_name='SRGAN'):
     """The tutorial's comparison grid: how well each model restores a downscaled image.
 
     Args:
@@ -214,10 +270,11 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
         srgan: the SRGAN generator, or None: its panel then holds a note instead.
         halve: halve the image first (Lanczos), for images larger than the screen.
         tile_size, tile_overlap: as for upscale_tensor.
+        srgan_name: the SRGAN panel's label, e.g. 'SRGAN-MSE' (srgan_label of its checkpoint).
 
     The largest centred crop whose sides divide by the scaling factor (as in eval.py) is
     downscaled with bicubic interpolation, then restored. Returns the grid as a PIL image:
-    Bicubic and SRResNet on top, SRGAN and the Original HR below, each panel labelled.
+    Bicubic and SRResNet on top, the SRGAN and the Original HR below, each panel labelled.
     """
     device = next(srresnet.parameters()).device
     hr_img, _ = to_rgb(open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
@@ -233,7 +290,7 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
 
     panels = [('Bicubic', lr_img.resize((width, height), Image.BICUBIC)),
               ('SRResNet', upscale_image(srresnet, lr_img, device, tile_size, tile_overlap)),
-              ('SRGAN', upscale_image(srgan, lr_img, device, tile_size, tile_overlap) if srgan else None),
+              (srgan_name, upscale_image(srgan, lr_img, device, tile_size, tile_overlap) if srgan else None),
               ('Original HR', hr_img)]
 
     font = _font(max(12, min(40, width // 14)))
@@ -258,80 +315,205 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
 
 
 # ----------------------------------------------------------------------------------------------
+# Inputs and outputs
+# ----------------------------------------------------------------------------------------------
+
+class NotAnImage(Exception):
+    """A file that is not an image at all (a note beside the photos): skipped, not a failure."""
+
+
+class BadImage(Exception):
+    """An image that cannot be super-resolved (corrupt, too small, too large): the run goes on without it."""
+
+
+def _input_files(path):
+    """(inputs, earlier outputs): the file itself, or the files directly in a folder (not
+    sub-folders, not hidden), less those named like this script's outputs, which are set apart."""
+    if not os.path.isdir(path):
+        return [path], []
+    names = sorted(name for name in os.listdir(path) if not name.startswith('.'))
+    files = [os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))]
+    earlier = [file for file in files if EARLIER_OUTPUT.search(os.path.basename(file))]
+    return [file for file in files if file not in earlier], earlier
+
+
+def output_names(paths, suffix):
+    """{input path: output file name}: <stem>_<suffix>.png, or <stem>_<extension>_<suffix>.png for
+    inputs whose stems clash (compared without letter case, as some disks compare names)."""
+    stems = collections.Counter(os.path.splitext(os.path.basename(path))[0].casefold() for path in paths)
+    names = {}
+    for path in paths:
+        stem, extension = os.path.splitext(os.path.basename(path))
+        if stems[stem.casefold()] > 1 and extension:
+            stem = f'{stem}_{extension[1:]}'
+        names[path] = f'{stem}_{suffix}.png'
+    return names
+
+
+def unused_path(path):
+    """`path` if no file has that name, else the first free one of <root>_1<ext>, <root>_2<ext>, ..."""
+    root, extension = os.path.splitext(path)
+    candidate, n = path, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f'{root}_{n}{extension}'
+    return candidate
+
+
+def output_size(width, height, mode, halve, s):
+    """(width, height) of what `mode` makes of a width x height input: its upscale, or the grid of the
+    largest crop whose sides divide by s, four panels of it (labels and margins left out)."""
+    if mode == 'upscale':
+        return width * s, height * s
+    if halve:
+        width, height = width // 2, height // 2
+    return 2 * (width - width % s), 2 * (height - height % s)
+
+
+def size_problem(width, height, mode, halve, s, max_megapixels):
+    """Why a width x height input cannot be processed, as a sentence, or '' if it can."""
+    out_width, out_height = output_size(width, height, mode, halve, s)
+    if out_width == 0 or out_height == 0:
+        return (f"{width}x{height} px is too small to compare: each side must be at least {s} px"
+                + (" after halving" if halve else ""))
+    megapixels = out_width * out_height / 1e6
+    if megapixels > max_megapixels:
+        memory_gb = (megapixels * 1e6 * BYTES_PER_OUTPUT_PIXEL + FIXED_BYTES) / 1e9
+        return (f"{width}x{height} px would make a {out_width}x{out_height} {mode} output ({megapixels:,.0f} "
+                f"megapixels, about {memory_gb:,.1f} GB of memory), over max_output_megapixels={max_megapixels}: "
+                f"shrink or crop it, or raise --max_output_megapixels if this machine has the memory")
+    return ''
+
+
+def read_input(path, mode, halve, s, max_megapixels):
+    """Open one input, check from its header alone that its output can be made, then decode it.
+
+    Returns the PIL image with its EXIF orientation applied. Raises BadImage for an image that
+    cannot be used (unreadable, truncated, too small, too large), and NotAnImage for a file that
+    Pillow cannot read and whose name is not an image's.
+    """
+    unreadable = BadImage if path.lower().endswith(utils.IMAGE_EXTENSIONS) else NotAnImage
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # size_problem decides, below
+            img = Image.open(path)  # the header only: the size, not the pixels
+    except Image.DecompressionBombError as error:
+        raise BadImage(f"{path}: refused by Pillow's guard against decompression bombs: {error}") from None
+    except Exception as error:  # Pillow raises many kinds of errors on a bad file; all mean "not readable"
+        raise unreadable(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+    with img:
+        problem = size_problem(img.width, img.height, mode, halve, s, max_megapixels)
+        if problem:
+            raise BadImage(f"{path}: {problem}")
+        try:
+            return ImageOps.exif_transpose(img)  # decoded now (a truncated file fails here), turned upright
+        except Exception as error:
+            raise unreadable(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def check_writable(folder):
+    """Create the output folder if needed, and fail now, not after the first image, if it cannot
+    be written (an OSError naming the folder)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"output_folder {folder!r} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # nameless where the OS allows, and removed at once
+            pass
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, folder) from None
+
+
+# ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
 
-def _input_files(path):
-    """The file itself, or the files (not sub-folders, not hidden) directly in a folder."""
-    if not os.path.isdir(path):
-        return [path]
-    names = sorted(name for name in os.listdir(path) if not name.startswith('.'))
-    return [os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))]
-
-
 def main(argv):
-    """Upscale (or compare) every input image; return the paths written."""
+    """Upscale (or compare) every input image; return the paths written.
+
+    Raises ValueError or FileNotFoundError for a setting, input or checkpoint that cannot work,
+    OSError when an output cannot be written, and, after writing the others, ValueError if any
+    image failed.
+    """
     config = utils.parse_config(globals(), argv)
-    script = os.path.basename(__file__)
-    if config.mode not in ('upscale', 'compare'):
-        sys.exit(f"{script}: mode must be 'upscale' or 'compare', got {config.mode!r}")
-    if config.model not in ('srresnet', 'srgan'):
-        sys.exit(f"{script}: model must be 'srresnet' or 'srgan', got {config.model!r}")
-    if config.mode == 'compare' and config.model != 'srresnet':
-        sys.exit(f"{script}: mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from "
-                 f"--srgan_checkpoint; leave --model at 'srresnet'")
-    if config.tile_size < 0 or config.tile_overlap < 0:
-        sys.exit(f"{script}: tile_size and tile_overlap must be >= 0")
+    utils.require(config.mode in ('upscale', 'compare'), f"mode must be 'upscale' or 'compare', got {config.mode!r}")
+    utils.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
+    utils.require(config.mode == 'upscale' or config.model == 'srresnet',
+                  "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
+                  "leave --model at 'srresnet'")
+    utils.require(config.tile_size >= 0 and config.tile_overlap >= 0, "tile_size and tile_overlap must be >= 0")
+    utils.require(config.max_output_megapixels > 0, "max_output_megapixels must be > 0")
+    utils.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")
     if not os.path.exists(config.input_path):
-        sys.exit(f"{script}: input not found: {config.input_path!r}")
+        raise FileNotFoundError(f"input not found: {config.input_path!r}")
+    check_writable(config.output_folder)
+    utils.remove_stale_temporaries(config.output_folder)  # what a killed run was writing, never a finished output
     device = utils.pick_device(config.device)
     print(f"Device: {device}")
 
-    trainer = 'train_srgan.py' if config.model == 'srgan' else 'train_srresnet.py'
     try:
-        sr_model = load_inference_model(config.checkpoint, device, config.channels_last, kind=config.model)
+        sr_model, sr_checkpoint = utils.load_sr_model(config.checkpoint, device, kind=config.model)
     except FileNotFoundError as error:
-        sys.exit(f"{script}: {error}\nTrain a model with `python {trainer}` and pass the checkpoint it writes "
-                 f"with --checkpoint=PATH (the README says where the repository's trained SRResNet comes from).")
-    except ValueError as error:
-        sys.exit(f"{script}: {error}")
-    srgan = None
+        trainer = 'train_srgan.py' if config.model == 'srgan' else 'train_srresnet.py'
+        raise FileNotFoundError(f"{error}. Train a model with `python {trainer}` and pass the checkpoint it writes "
+                                f"with --checkpoint=PATH (the README says where the repository's trained SRResNet "
+                                f"comes from).") from None
+    sr_model = prepare_for_inference(sr_model, config.channels_last)
+    model_name = srgan_label(sr_checkpoint) if config.model == 'srgan' else 'SRResNet'
+    srgan, srgan_name = None, 'SRGAN'
     if config.mode == 'compare' and config.srgan_checkpoint:
-        try:
-            srgan = load_inference_model(config.srgan_checkpoint, device, config.channels_last, kind='srgan')
-        except (FileNotFoundError, ValueError) as error:
-            sys.exit(f"{script}: {error}")
-    print(f"Model: {config.checkpoint}" + (f", SRGAN: {config.srgan_checkpoint}" if srgan else ''))
+        srgan, srgan_checkpoint = utils.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
+        srgan, srgan_name = prepare_for_inference(srgan, config.channels_last), srgan_label(srgan_checkpoint)
+    print(f"Model: {model_name}, {config.checkpoint}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else ''))
     if config.mode == 'compare' and srgan is None:
         print("No --srgan_checkpoint given: the grid's SRGAN panel holds a note instead")
 
-    paths = _input_files(config.input_path)
-    os.makedirs(config.output_folder, exist_ok=True)
-    written, skipped = [], []
+    paths, earlier_outputs = _input_files(config.input_path)
+    if earlier_outputs:
+        print(f"Not reading {len(earlier_outputs)} file(s) named like this script's outputs as inputs: "
+              f"{', '.join(os.path.basename(path) for path in earlier_outputs)}")
+    s = scaling_factor_of(sr_model)
+    suffix = f'x{s}' if config.mode == 'upscale' else 'compare'
+    names = output_names(paths, suffix)
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if names[path] != f'{stem}_{suffix}.png':
+            print(f"{os.path.basename(path)} -> {names[path]}: another input is also named {stem!r}")
+
+    written, not_images, failed = [], [], []
     for path in tqdm(paths, desc='images', unit='image', disable=len(paths) == 1):
         try:
-            img = open_image(path)
-        except Exception as error:  # Pillow raises many kinds of errors on a bad file; all mean "skip it"
-            tqdm.write(f"Skipping {path}: not a readable image ({type(error).__name__}: {error})")
-            skipped.append(path)
+            img = read_input(path, config.mode, config.halve, s, config.max_output_megapixels)
+        except NotAnImage as error:
+            tqdm.write(f"Skipping {error}")
+            not_images.append(path)
             continue
-        name = os.path.splitext(os.path.basename(path))[0]
+        except BadImage as error:
+            tqdm.write(f"Failed: {error}")
+            failed.append(path)
+            continue
         if config.mode == 'upscale':
             out_img = upscale_image(sr_model, img, device, config.tile_size, config.tile_overlap, progress=True)
-            out_path = os.path.join(config.output_folder, f'{name}_x{scaling_factor_of(sr_model)}.png')
         else:
-            out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap)
-            out_path = os.path.join(config.output_folder, f'{name}_compare.png')
-        out_img.save(out_path)
+            out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap,
+                                   srgan_name)
+        planned_path = os.path.join(config.output_folder, names[path])
+        out_path = unused_path(planned_path)
+        if out_path != planned_path:
+            tqdm.write(f"{planned_path} exists and is kept: writing {out_path} instead")
+        utils.save_image(out_img, out_path)  # atomic: never a truncated PNG
         tqdm.write(f"Wrote {out_path} ({out_img.width}x{out_img.height}, from {img.width}x{img.height})")
         written.append(out_path)
 
-    if skipped:
-        print(f"Skipped {len(skipped)} file(s) that are not readable images: {', '.join(skipped)}")
+    if not_images:
+        print(f"Skipped {len(not_images)} file(s) that are not images: {', '.join(not_images)}")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(paths)} input file(s) failed (reported above), "
+                         f"{len(written)} written: {', '.join(failed)}")
     if not written:
-        sys.exit(f"{script}: no image was written from {config.input_path!r}")
+        raise ValueError(f"no image was written from {config.input_path!r}")
     return written
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    utils.run_script(main, __file__)

@@ -6,11 +6,14 @@ Importing this module picks no device, creates no tensor and reads no file.
 import ast
 import contextlib
 import csv
+import functools
 import json
+import math
 import os
 import random
 import sys
 import tempfile
+import time
 import types
 import warnings
 
@@ -33,13 +36,33 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 def pil_to_rgb(img):
     """A PIL image as 8-bit RGB.
 
-    16-bit greyscale (modes 'I;16*', and 'I', which older Pillow gives 16-bit PNGs) is scaled to
-    8 bits first: Pillow's own conversion clips it at 255, which would turn most of it white.
+    Integer and float greyscale (modes 'I;16*', 'I', 'F') is scaled to 8 bits first: Pillow's own
+    conversion clips it at 255, and takes floats as 0..255. The scale comes from what the values
+    can mean, as the mode alone does not say it ('I' holds 16-bit PNGs in older Pillow, and 8-bit
+    pictures saved as 32-bit TIFFs):
+      - 'I;16*', and 'I' with values in 0..65535 reaching above 255: 16-bit, 65535 is white (/ 257);
+      - 'F' with values in [0, 1]: 1 is white (x 255);
+      - 'I' or 'F' with values in [0, 255]: 8-bit values in a wider type, kept as they are;
+      - anything else (negative values, 'I' above 65535, 'F' above 255): stretched from its own
+        minimum (black) to its maximum (white), the one reading that shows the picture.
+    NaN and infinite floats become black. So a 16-bit image opened as 'I' whose values all lie in
+    0..255 (nearly black as 16 bits) is shown as 8-bit.
     """
-    if img.mode == 'I' or img.mode.startswith('I;16'):
-        grey = np.asarray(img).astype(np.float64) / 257.  # (H, W), 0..65535 -> 0..255
-        img = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8))  # mode 'L'
-    return img.convert('RGB')
+    if img.mode not in ('I', 'F') and not img.mode.startswith('I;16'):
+        return img.convert('RGB')
+    values = np.asarray(img).astype(np.float64)  # (H, W), in the mode's own range
+    values[~np.isfinite(values)] = 0.
+    low, high = (values.min(), values.max()) if values.size else (0., 0.)
+    if low >= 0 and (img.mode.startswith('I;16') or (img.mode == 'I' and 255 < high <= 65535)):
+        black, white = 0., 65535.  # 16-bit samples
+    elif low >= 0 and img.mode == 'F' and high <= 1:
+        black, white = 0., 1.
+    elif low >= 0 and high <= 255:
+        black, white = 0., 255.
+    else:
+        black, white = low, max(high, low + 1.)  # a constant image becomes black, not a division by 0
+    grey = (values - black) * (255. / (white - black))  # (H, W), in [0, 255]
+    return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8)).convert('RGB')
 
 
 def _channel_view(values, img):
@@ -153,6 +176,86 @@ class ImageTransforms:
 
 
 # ----------------------------------------------------------------------------------------------
+# Pillow's bicubic resize, in tensor operations
+# ----------------------------------------------------------------------------------------------
+
+_PILLOW_PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2 fractional bits
+
+
+def _pillow_bicubic_filter(x):
+    """Pillow's bicubic kernel (Keys, a = -0.5)."""
+    a = -0.5
+    x = abs(x)
+    if x < 1.:
+        return ((a + 2.) * x - (a + 3.)) * x * x + 1.
+    if x < 2.:
+        return (((x - 5.) * x + 8.) * x - 4.) * a
+    return 0.
+
+
+@functools.lru_cache(maxsize=64)
+def pillow_bicubic_weights(in_size, out_size):
+    """The (out_size, in_size) matrix of Pillow's fixed-point bicubic weights for one axis.
+
+    A line-by-line transcription of Pillow's precompute_coeffs and normalize_coeffs_8bpc
+    (src/libImaging/Resample.c), in the same double-precision arithmetic: when shrinking, the
+    kernel is stretched by the scale factor (support 2 x scale: that is the antialiasing), each
+    output pixel's weights are normalised to sum to 1, then rounded half away from zero to
+    integers with 22 fractional bits. Returns a float64 numpy array of those integers.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.)
+    support = 2. * filterscale
+    weights = np.zeros((out_size, in_size))
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C's cast does
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = [_pillow_bicubic_filter((x + xmin - center + 0.5) * (1. / filterscale)) for x in range(xmax)]
+        total = sum(k)  # summed in order, as Pillow does
+        k = [w / total if total != 0. else w for w in k]
+        one = 1 << _PILLOW_PRECISION_BITS
+        weights[xx, xmin:xmin + xmax] = [int(-0.5 + w * one) if w < 0 else int(0.5 + w * one) for w in k]
+    return weights
+
+
+def _pillow_pass(imgs, weights, dim):
+    """One separable pass along `dim` (-1: width, -2: height) with fixed-point weights, rounded
+    and clipped to 8 bits as Pillow's clip8 does. imgs: float64 holding integers 0..255."""
+    one = 1 << _PILLOW_PRECISION_BITS
+    weights = torch.as_tensor(weights, device=imgs.device)  # (out, in), float64 integers
+    if dim == -1:
+        acc = imgs @ weights.T  # (..., H, out): exact, every partial sum is an integer below 2^53
+    else:
+        acc = weights @ imgs  # (..., out, W)
+    return torch.floor((acc + one // 2) / one).clamp_(0, 255)  # round half up, then clip to 8 bits
+
+
+def pillow_bicubic_resize(imgs, size):
+    """Resize uint8 images exactly as Pillow's `Image.resize(size, Image.BICUBIC)` does, byte for byte.
+
+    Args:
+        imgs: uint8 tensor (..., H, W), on any device (for RGB, (N, 3, H, W)).
+        size: (width, height) of the result, Pillow's order.
+
+    Pillow resizes in two passes, rounding to 8 bits after each; this runs the width first, as
+    Pillow always did. (Pillow 13 sometimes runs the height first when both sides change, a
+    speed heuristic that shifts a few pixels by one grey level; it never does for a square image
+    scaled by the same factor both ways, which is what training needs.) The arithmetic is float64
+    on integers, which is exact, so the CPU and a GPU give the same bytes. Returns a uint8 tensor
+    (..., height, width) on the same device.
+    """
+    width, height = size
+    in_height, in_width = imgs.shape[-2:]
+    out = imgs.double()  # (..., H, W), integers 0..255
+    if width != in_width:
+        out = _pillow_pass(out, pillow_bicubic_weights(in_width, width), dim=-1)  # (..., H, width)
+    if height != in_height:
+        out = _pillow_pass(out, pillow_bicubic_weights(in_height, height), dim=-2)  # (..., height, width)
+    return out.to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
 # Data lists
 # ----------------------------------------------------------------------------------------------
 
@@ -162,6 +265,12 @@ def list_images(folder):
         raise FileNotFoundError(f"image folder not found: {folder}")
     names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
     return [os.path.join(folder, name) for name in names]
+
+
+def image_size(path):
+    """(width, height) from the image file's header, without decoding its pixels."""
+    with Image.open(path) as img:
+        return img.size
 
 
 def _image_size(path):
@@ -174,7 +283,7 @@ def _image_size(path):
         return None
 
 
-def create_data_lists(train_folders, test_folders, min_size, output_folder):
+def create_data_lists(train_folders, test_folders, min_size, output_folder, val_size=0, val_seed=0):
     """Write the JSON lists of image paths that SRDataset reads.
 
     Args:
@@ -182,6 +291,10 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder):
         test_folders: each gives <folder name>_test_images.json.
         min_size: images whose smaller side is below this are left out.
         output_folder: where the lists go (created if needed).
+        val_size: images of the training folders held out into val_images.json, to choose
+            checkpoints and recipes with (the test sets are for reporting only).
+        val_seed: picks the held-out images; the same folders and seed give the same split on
+            any machine, since the choice is made on the sorted list.
 
     Files that are not decodable images are skipped with a warning; the counts are printed.
     Returns {list file name: number of images}.
@@ -189,7 +302,6 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder):
     for folder in list(train_folders) + list(test_folders):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"image folder not found: {folder}")
-    os.makedirs(output_folder, exist_ok=True)
 
     def usable(folders):
         kept, n_small, n_bad = [], 0, 0
@@ -205,18 +317,28 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder):
                     kept.append(os.path.abspath(path))
         return sorted(kept), n_small, n_bad
 
-    counts = {}
-    jobs = [('train_images.json', train_folders)] if train_folders else []
-    jobs += [(f"{os.path.basename(os.path.normpath(folder))}_test_images.json", [folder]) for folder in test_folders]
-    for list_name, folders in jobs:
-        paths, n_small, n_bad = usable(folders)
-        with open(os.path.join(output_folder, list_name), 'w') as f:
+    lists, notes = {}, {}
+    if train_folders:
+        paths, n_small, n_bad = usable(train_folders)
+        if val_size >= len(paths):
+            raise ValueError(f"val_size {val_size} leaves no training images (the folders have {len(paths)} usable)")
+        held_out = set(random.Random(val_seed).sample(range(len(paths)), val_size))
+        lists['train_images.json'] = [p for i, p in enumerate(paths) if i not in held_out]
+        notes['train_images.json'] = f", skipped {n_small} smaller than {min_size} px and {n_bad} unreadable files"
+        if val_size:
+            lists['val_images.json'] = [p for i, p in enumerate(paths) if i in held_out]
+            notes['val_images.json'] = f" held out of the training folders (seed {val_seed})"
+    for folder in test_folders:
+        paths, n_small, n_bad = usable([folder])
+        name = f"{os.path.basename(os.path.normpath(folder))}_test_images.json"
+        lists[name] = paths
+        notes[name] = f", skipped {n_small} smaller than {min_size} px and {n_bad} unreadable files"
+    for list_name, paths in lists.items():
+        with atomic_write(os.path.join(output_folder, list_name), 'w') as f:
             json.dump(paths, f, indent=0)
-        counts[list_name] = len(paths)
-        print(f"{list_name}: kept {len(paths)} images, skipped {n_small} smaller than {min_size} px "
-              f"and {n_bad} unreadable files")
+        print(f"{list_name}: {len(paths)} images{notes[list_name]}")
     print(f"Lists saved to {output_folder}")
-    return counts
+    return {name: len(paths) for name, paths in lists.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +367,158 @@ def compute_psnr_ssim(sr_img, hr_img, crop_border):
     ssim = structural_similarity(sr_y, hr_y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                  data_range=255.)
     return float(psnr), float(ssim)
+
+
+# ----------------------------------------------------------------------------------------------
+# NIQE, a no-reference quality score
+# ----------------------------------------------------------------------------------------------
+# NIQE (Mittal, Soundararajan and Bovik, "Making a 'Completely Blind' Image Quality Analyzer",
+# IEEE Signal Processing Letters 2013) fits a multivariate Gaussian to the local statistics of an
+# image's 96x96 blocks and measures its distance to the Gaussian fitted to pristine photographs:
+# lower means more natural. PSNR rewards blur; NIQE penalises it, so the two together show the
+# SRGAN paper's trade-off. This follows the LIVE release (niqe_release.zip: computequality.m,
+# computefeature.m, estimateaggdparam.m) as BasicSR reimplements it (basicsr/metrics/niqe.py),
+# and matches MATLAB R2021a's 5.72957338 on Set14's baboon.png (tests/test_niqe.py).
+#
+# The pristine model, checkpoints/niqe_pris_params.npz (mu_pris_param 1x36, cov_pris_param 36x36,
+# and the 7x7 Gaussian window fspecial('gaussian', 7, 7/6)), is data from the LIVE release, copied
+# from XPixelGroup/BasicSR @ 8d56e3a0, basicsr/metrics/niqe_pris_params.npz (Apache-2.0).
+NIQE_PARAMS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'checkpoints', 'niqe_pris_params.npz')
+NIQE_BLOCK_SIZE = 96  # pixels; the release's, and the size its pristine model was fitted with
+
+
+def niqe(img, crop_border=0):
+    """NIQE of one image: no reference needed, lower is more natural (3 to 6 for sharp photos).
+
+    Args:
+        img: a PIL image of any mode, measured on its luma Y (BT.601, in [16, 235]) rounded to
+            integers, as BasicSR does to match MATLAB; or a 2-D numpy array of grey levels in
+            [0, 255], which is rounded likewise.
+        crop_border: pixels removed from every side first (SR papers crop the scaling factor).
+
+    The image is cut into whole 96x96 blocks from its top left corner (the remainder is unused),
+    at full and at half size. Returns a float; NaN for an image without any texture.
+    Raises ValueError if not even one 96x96 block fits.
+    """
+    from scipy import ndimage  # imported here, like skimage above: only eval needs it
+    if isinstance(img, Image.Image):
+        rgb = np.asarray(pil_to_rgb(img), dtype=np.float64) / 255.  # (H, W, 3), in [0, 1]
+        grey = 16. + rgb @ np.array(RGB_WEIGHTS_Y)  # (H, W), in [16, 235]
+    else:
+        grey = np.asarray(img, dtype=np.float64)  # (H, W), in [0, 255]
+        if grey.ndim != 2:
+            raise ValueError(f"niqe takes a PIL image or a 2-D grey array, got an array of shape {grey.shape}")
+    height, width = grey.shape
+    grey = grey[crop_border:height - crop_border, crop_border:width - crop_border]
+    rows, cols = grey.shape[0] // NIQE_BLOCK_SIZE, grey.shape[1] // NIQE_BLOCK_SIZE
+    if rows == 0 or cols == 0:
+        raise ValueError(f"NIQE needs at least one {NIQE_BLOCK_SIZE}x{NIQE_BLOCK_SIZE} block, but the image is "
+                         f"{width}x{height}, {grey.shape[1]}x{grey.shape[0]} after cropping {crop_border} px "
+                         f"from each border")
+    # Whole 8-bit grey levels, as MATLAB reads them: the rounding is needed to match its value.
+    grey = np.round(grey[:rows * NIQE_BLOCK_SIZE, :cols * NIQE_BLOCK_SIZE])  # (rows * 96, cols * 96)
+
+    params = np.load(NIQE_PARAMS_FILE)  # 12 KB, read per call so that importing reads no file
+    features = []
+    for scale, scaled in ((1, grey), (2, _imresize_matlab(grey, 0.5))):
+        # MSCN coefficients (paper, Eq. 1): local mean removed, divided by local deviation (+1, so
+        # that flat areas stay finite). 'nearest' is MATLAB's imfilter(..., 'replicate').
+        mu = ndimage.convolve(scaled, params['gaussian_window'], mode='nearest')
+        sigma = np.sqrt(np.abs(ndimage.convolve(scaled ** 2, params['gaussian_window'], mode='nearest') - mu ** 2))
+        centred = scaled - mu
+        # A flat 7x7 window's mean is its own pixel, so its coefficient is exactly 0: neither a left
+        # nor a right sample for the AGGD fit. Float sums leave +-1e-14 there instead, of random
+        # sign, which moves NIQE by 4e-4 on baboon; snapped to 0, it matches MATLAB to 1e-6.
+        centred[np.abs(centred) < 1e-9] = 0.
+        mscn = centred / (sigma + 1.)  # (rows * 96 / scale, cols * 96 / scale), about in [-3, 3]
+        size = NIQE_BLOCK_SIZE // scale
+        blocks = mscn.reshape(rows, size, cols, size).swapaxes(1, 2).reshape(rows * cols, size, size)
+        features.append(_niqe_block_features(blocks))  # (n_blocks, 18)
+    features = np.concatenate(features, axis=1)  # (n_blocks, 36)
+
+    # The distorted image's Gaussian: MATLAB's nanmean, and nancov's covariance over the blocks
+    # with no NaN feature. One block has no covariance: take zero, the spread of one sample.
+    mu_distorted = np.nanmean(features, axis=0)  # (36,)
+    complete = features[~np.isnan(features).any(axis=1)]
+    cov_distorted = np.cov(complete, rowvar=False) if len(complete) > 1 else np.zeros((36, 36))
+    difference = params['mu_pris_param'][0] - mu_distorted  # (36,)
+    cov_pooled = (params['cov_pris_param'] + cov_distorted) / 2.
+    return float(np.sqrt(difference @ np.linalg.pinv(cov_pooled) @ difference))  # paper, Eq. 10
+
+
+def _niqe_block_features(blocks):
+    """The release's 18 features of each block of MSCN coefficients, (n, h, w) -> (n, 18).
+
+    The AGGD shape and mean scale of the coefficients, then shape, mean, left and right scale of
+    the products of horizontal, vertical and both diagonal neighbours (paper, Sec. II).
+    """
+    from scipy.special import gamma
+    n_blocks = len(blocks)
+    alpha, beta_left, beta_right = _fit_aggd(blocks.reshape(n_blocks, -1))
+    columns = [alpha, (beta_left + beta_right) / 2.]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        # Shifted circularly within each block, as the release's circshift does.
+        products = blocks * np.roll(blocks, shift, axis=(1, 2))  # (n, h, w)
+        alpha, beta_left, beta_right = _fit_aggd(products.reshape(n_blocks, -1))
+        mean = (beta_right - beta_left) * gamma(2. / alpha) / gamma(1. / alpha)  # paper, Eq. 8
+        columns += [alpha, mean, beta_left, beta_right]
+    return np.stack(columns, axis=1)
+
+
+def _fit_aggd(samples):
+    """Fit an asymmetric generalized Gaussian to each row of samples (n, m) by moment matching.
+
+    Returns the shape alpha and the left and right scales (each (n,)). As the release's
+    estimateaggdparam.m: alpha is the point of the grid 0.2, 0.201, ..., 10 whose moment ratio
+    Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)) is nearest the samples' corrected ratio. A row with no
+    negative or no positive sample gets NaN scales (and alpha 0.2, MATLAB's min over NaNs).
+    """
+    from scipy.special import gamma
+    alphas = 0.2 + 0.001 * np.arange(9801)  # MATLAB's 0.2:0.001:10
+    ratios = gamma(2. / alphas) ** 2 / (gamma(1. / alphas) * gamma(3. / alphas))  # (9801,)
+    squares = samples ** 2
+    negative, positive = samples < 0, samples > 0
+    with np.errstate(divide='ignore', invalid='ignore'):  # the NaNs above, for rows without a sign
+        left_std = np.sqrt((squares * negative).sum(axis=1) / negative.sum(axis=1))  # (n,)
+        right_std = np.sqrt((squares * positive).sum(axis=1) / positive.sum(axis=1))
+        gamma_hat = left_std / right_std
+        r_hat = np.mean(np.abs(samples), axis=1) ** 2 / np.mean(squares, axis=1)
+        r_hat_norm = r_hat * (gamma_hat ** 3 + 1.) * (gamma_hat + 1.) / (gamma_hat ** 2 + 1.) ** 2
+    alpha = alphas[np.argmin((ratios - r_hat_norm[:, None]) ** 2, axis=1)]  # (n,)
+    scale = np.sqrt(gamma(1. / alpha) / gamma(3. / alpha))  # from standard deviation to AGGD scale
+    return alpha, left_std * scale, right_std * scale
+
+
+def _imresize_matlab(img, scale):
+    """MATLAB's imresize(img, scale) of a 2-D float array: bicubic, antialiased when shrinking.
+
+    Not Pillow's resize: MATLAB widens the kernel by 1/scale when shrinking, mirrors the edges
+    and does not round; NIQE's second scale is defined with MATLAB's. Returns
+    (ceil(H * scale), ceil(W * scale)).
+    """
+    rows = _imresize_weights(img.shape[0], scale)  # (h, H)
+    cols = _imresize_weights(img.shape[1], scale)  # (w, W)
+    return rows @ img @ cols.T  # (h, w)
+
+
+def _imresize_weights(in_length, scale):
+    """The (out_length, in_length) matrix of MATLAB's imresize along one axis (imresize.m's
+    contributions(): Keys' cubic with a = -0.5, 1-based coordinates, symmetric edges)."""
+    out_length = int(np.ceil(in_length * scale))
+    stretch = min(scale, 1.)  # antialiasing: a shrinking kernel is 1/scale times wider and lower
+    width = 4. / stretch
+    centres = np.arange(1, out_length + 1) / scale + 0.5 * (1. - 1. / scale)  # in input pixels, 1-based
+    taps = np.floor(centres - width / 2.)[:, None] + np.arange(int(np.ceil(width)) + 2)  # (out, P), 1-based
+    distance = np.abs(stretch * (centres[:, None] - taps))
+    cubic = np.where(distance <= 1., 1.5 * distance ** 3 - 2.5 * distance ** 2 + 1.,
+                     np.where(distance <= 2., -0.5 * distance ** 3 + 2.5 * distance ** 2 - 4. * distance + 2., 0.))
+    weights = cubic / cubic.sum(axis=1, keepdims=True)  # (out, P); the stretch factor cancels here
+    # Taps beyond an edge read the mirror image, with the edge pixel repeated: 1..n, n..1, 1..n ...
+    mirror = np.concatenate([np.arange(in_length), np.arange(in_length)[::-1]])
+    sources = mirror[(taps.astype(int) - 1) % (2 * in_length)]  # (out, P), 0-based
+    matrix = np.zeros((out_length, in_length))
+    np.add.at(matrix, (np.arange(out_length)[:, None], sources), weights)
+    return matrix
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +626,7 @@ def run_script(main, script_file):
     """
     try:
         main(sys.argv[1:])
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TrainingDiverged) as error:
         message = str(error) or type(error).__name__
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
             message = f"cannot write or read {error.filename}: {error.strerror}"
@@ -504,6 +778,16 @@ def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint
     """
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"{kind} not found: {path!r}")
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes), not a {kind}")
+    if head.startswith(b'version https://git-lfs'):
+        raise ValueError(f"{path} is a Git LFS pointer, not the {kind} itself: fetch it with `git lfs pull`")
+    # torch.save writes a zip archive ('PK'); PyTorch before 1.6 wrote a pickle (protocol 2: b'\x80').
+    if not head.startswith((b'PK', b'\x80')):
+        what = 'text' if all(32 <= byte < 127 or byte in b'\t\r\n' for byte in head) else 'other data'
+        raise ValueError(f"{path} is not a PyTorch checkpoint: it holds {what}, starting {head[:24]!r}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -522,8 +806,15 @@ def load_sr_model(path, device='cpu', kind=''):
     Accepts this project's SRResNet checkpoints ('model') and SRGAN checkpoints ('generator'),
     both with 'model_args'. kind: 'srresnet' or 'srgan' insists on that kind of checkpoint (a
     clear error naming the file otherwise); '' takes either. Returns (model, checkpoint dict).
+
+    Everything is checked before the network is built, and a problem is a ValueError naming the
+    file (load_checkpoint says what an empty file, a text file or a Git LFS pointer is); 'model_args' must hold
+    SRResNet's own argument names with int values, and each (or, for a missing key, SRResNet's
+    default) must agree with the weights' shapes. So a damaged or hand-edited checkpoint asking
+    for 20,000 residual blocks fails at once, instead of after allocating them.
     """
-    from models import SRResNet  # local import keeps the core's import graph one-way
+    import inspect  # local imports: models' import stays one-way, and inspect is needed only here
+    from models import SRResNet
     names = {'': 'SRResNet or SRGAN checkpoint', 'srresnet': 'SRResNet checkpoint', 'srgan': 'SRGAN checkpoint'}
     if kind not in names:
         raise ValueError(f"kind must be '', 'srresnet' or 'srgan', got {kind!r}")
@@ -532,9 +823,98 @@ def load_sr_model(path, device='cpu', kind=''):
     if key not in checkpoint or (kind == 'srresnet' and 'generator' in checkpoint):
         raise ValueError(f"{path} is not an {names[kind]}: it has the keys {sorted(checkpoint)} (SRResNet "
                          f"checkpoints hold 'model', SRGAN checkpoints 'generator')")
-    model = SRResNet(**checkpoint['model_args'])
-    model.load_state_dict({name: tensor.float() for name, tensor in checkpoint[key].items()})
+
+    model_args, state_dict = checkpoint['model_args'], checkpoint[key]
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{path}: 'model_args' must be a dict of SRResNet arguments, "
+                         f"got a {type(model_args).__name__}")
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(tensor) for tensor in state_dict.values()):
+        raise ValueError(f"{path}: {key!r} must be a state_dict (a dict of tensors)")
+    parameters = inspect.signature(SRResNet).parameters  # large_kernel_size=9, ..., scaling_factor=4
+    unknown = sorted(set(model_args) - set(parameters), key=str)
+    if unknown:
+        raise ValueError(f"{path}: model_args has unknown keys {unknown}; SRResNet takes {list(parameters)}")
+    not_ints = {name: value for name, value in model_args.items()
+                if type(value) is not int or value < (0 if name == 'n_blocks' else 1)}  # bool is no int here
+    if not_ints:
+        raise ValueError(f"{path}: model_args values must be positive ints, got {not_ints}")
+    args = {name: model_args.get(name, parameter.default) for name, parameter in parameters.items()}
+
+    # What the weights say, from a few shapes and the numbered blocks, checked before anything is built.
+    first = tuple(state_dict.get('conv_block1.conv_block.0.weight', torch.empty(0)).shape)  # (C, 3, large, large)
+    middle = tuple(state_dict.get('conv_block2.conv_block.0.weight', torch.empty(0)).shape)  # (C, C, small, small)
+    if len(first) != 4 or len(middle) != 4:
+        raise ValueError(f"{path}: {key!r} is not an SRResNet's state_dict: it lacks the weights of "
+                         f"conv_block1 or conv_block2 (its first keys: {list(state_dict)[:4]})")
+    blocks = {name.split('.')[1] for name in state_dict if name.startswith('residual_blocks.')}
+    upscales = {name.split('.')[1] for name in state_dict if name.startswith('subpixel_convolutional_blocks.')}
+    found = {'large_kernel_size': first[-1], 'small_kernel_size': middle[-1], 'n_channels': first[0],
+             'n_blocks': len(blocks), 'scaling_factor': 2 ** len(upscales)}  # one x2 sub-pixel block per doubling
+    mismatches = [f"{name}={args[name]}{'' if name in model_args else ' (the default: model_args lacks it)'}, "
+                  f"the weights {value}" for name, value in found.items() if args[name] != value]
+    if mismatches:
+        raise ValueError(f"{path}: model_args do not match the weights: {'; '.join(mismatches)}")
+    try:
+        model = SRResNet(**args)
+        model.load_state_dict({name: tensor.float() for name, tensor in state_dict.items()})
+    except (ValueError, RuntimeError) as error:  # a scaling factor SRResNet refuses; a missing or misshapen layer
+        raise ValueError(f"{path}: the weights do not fit SRResNet({args}): {error}") from None
     return model.to(device).eval(), checkpoint
+
+
+def load_training_checkpoint(path, required_keys, kind, model_args):
+    """Load a checkpoint to resume, checking it has every key resumption needs and the model
+    shape this run asks for (clear errors naming the file)."""
+    state = load_checkpoint(path, 'cpu', required_keys, kind=kind)
+    if state['model_args'] != model_args:
+        raise ConfigError(f"{path} was trained with model_args {state['model_args']}, not {model_args}: "
+                          f"resume with the same model constants")
+    return state
+
+
+def load_states(path, pairs):
+    """Load each (module or optimizer or scaler, state_dict) pair, turning a mismatch into a
+    one-line ValueError naming the checkpoint file."""
+    for target, state in pairs:
+        try:
+            target.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{path}: its {type(target).__name__} state does not fit this run: {first_line}") from None
+
+
+def best_psnr_in(path):
+    """The best_psnr recorded in a best-checkpoint file, or -inf if there is none."""
+    if not os.path.isfile(path):
+        return float('-inf')
+    return load_checkpoint(path, 'cpu', ('best_psnr',), kind='best checkpoint')['best_psnr']
+
+
+def load_weights(model, path, model_args):
+    """Initialise `model` from the SRResNet or generator weights of any of this project's
+    checkpoints (training or shipped), leaving the optimizer fresh: the fine-tuning start."""
+    state = load_checkpoint(path, 'cpu', ('model_args',), kind='checkpoint to initialise from')
+    key = 'model' if 'model' in state else 'generator'
+    if key not in state:
+        raise ValueError(f"{path} holds no 'model' or 'generator' weights (it has {sorted(state)})")
+    if state['model_args'] != model_args:
+        raise ConfigError(f"{path} holds a model with model_args {state['model_args']}, not {model_args}")
+    load_states(path, [(model, {name: tensor.float() for name, tensor in state[key].items()})])
+    print(f"Weights initialised from {path} (iteration {state.get('iteration', '?')}), with a fresh optimizer")
+
+
+def export_for_inference(path, out_path):
+    """Write the small file that ships a trained model: its generator weights in float16 with
+    model_args, iteration, config, best_psnr and train_seconds; no optimizer, no discriminator.
+    Returns out_path."""
+    state = load_checkpoint(path, 'cpu', ('model_args', 'iteration', 'config'), kind='training checkpoint')
+    key = 'model' if 'model' in state else 'generator'
+    small = {key: {name: tensor.half() if tensor.is_floating_point() else tensor
+                   for name, tensor in state[key].items()}}
+    small.update({name: state[name] for name in ('model_args', 'iteration', 'config', 'best_psnr', 'train_seconds')
+                  if name in state})
+    save_checkpoint(small, out_path)
+    return out_path
 
 
 def unwrap(model):
@@ -550,22 +930,6 @@ def unwrap(model):
 # Training bookkeeping
 # ----------------------------------------------------------------------------------------------
 
-class AverageMeter:
-    """Keeps the latest value, the sum, the count and the running average of a metric."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.val, self.sum, self.count, self.avg = 0., 0., 0, 0.
-
-    def update(self, val, n=1):
-        self.val = val
-        self.sum += val * n
-        self.count += n
-        self.avg = self.sum / self.count
-
-
 def clip_gradient(optimizer, grad_clip):
     """Clamp every gradient element to [-grad_clip, grad_clip] (a guard against exploding gradients)."""
     for group in optimizer.param_groups:
@@ -574,26 +938,147 @@ def clip_gradient(optimizer, grad_clip):
                 param.grad.data.clamp_(-grad_clip, grad_clip)
 
 
-def optimizer_step(optimizer, loss, scaler, grad_clip=0.):
-    """One update: zero the gradients, backpropagate `loss` (scaled when fp16 needs it), clamp the
-    gradients if grad_clip is set, and step. The caller runs scaler.update() once per iteration."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(optimizer)  # clamp the true gradients, not the scaled ones
-        clip_gradient(optimizer, grad_clip)
-    scaler.step(optimizer)
+def make_adam(parameters, lr, device):
+    """Adam, fused into a few kernels on CUDA (one launch for all parameters instead of several
+    per tensor: the step never waits on Python), the default multi-tensor version elsewhere."""
+    return torch.optim.Adam(parameters, lr=lr, fused=device.type == 'cuda' or None)
 
 
-def adjust_learning_rate(optimizer, shrink_factor):
-    """Multiply every parameter group's learning rate by shrink_factor."""
+def learning_rate_at(iteration, lr, schedule, iterations, decay_at=0, decay=0.1, warmup=0):
+    """The learning rate of 1-based `iteration`.
+
+    schedule: 'step' (lr, times `decay` after iteration decay_at; decay_at=0 means never: the
+    paper's schedules) or 'cosine' (lr falling along half a cosine to 0 at `iterations`).
+    warmup: iterations of linear ramp from lr/warmup up to lr first (0 = none).
+    """
+    if schedule not in ('step', 'cosine'):
+        raise ConfigError(f"lr_schedule must be 'step' or 'cosine', got {schedule!r}")
+    if iteration <= warmup:
+        return lr * iteration / warmup
+    if schedule == 'cosine':
+        progress = (iteration - 1 - warmup) / max(1, iterations - warmup)
+        return lr * 0.5 * (1. + math.cos(math.pi * progress))
+    return lr * decay if decay_at and iteration > decay_at else lr
+
+
+def set_learning_rate(optimizer, lr):
+    """Give every parameter group of `optimizer` this learning rate."""
     for group in optimizer.param_groups:
-        group['lr'] = group['lr'] * shrink_factor
-    print(f"Learning rate now {optimizer.param_groups[0]['lr']:.2e}")
+        group['lr'] = lr
+
+
+def check_training_config(config):
+    """Refuse values that cannot train, before any work starts (one ConfigError naming the key)."""
+    for key in ('iterations', 'batch_size', 'crop_size', 'print_freq', 'save_freq'):
+        require(getattr(config, key) > 0, f"{key} must be a positive integer, got {getattr(config, key)}")
+    for key in ('val_freq', 'lr_decay_at', 'warmup_iterations', 'workers'):
+        require(getattr(config, key) >= 0, f"{key} must be >= 0, got {getattr(config, key)}")
+    require(config.lr > 0, f"lr must be positive, got {config.lr}")
+    require(config.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {config.grad_clip}")
+    learning_rate_at(1, config.lr, config.lr_schedule, config.iterations)  # checks the schedule's name
+
+
+def refuse_to_overwrite(path, overwrite):
+    """A fresh run must not destroy an earlier run's checkpoint at `path` unless told to."""
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"{path} holds an earlier run. Resume it with --checkpoint={path}, start elsewhere "
+                          f"with --out_dir=..., or replace it with --overwrite=True")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or a weight became NaN or infinite: the run stops, keeping its last good checkpoint."""
+
+
+class TrainingMonitor:
+    """The accounting of a training run, so that the loop itself shows only the method.
+
+    The losses are summed on the device and read back once every `print_freq` iterations (the one
+    host-device sync of the loop), when report() checks that they and the weights are finite,
+    prints one line (losses, learning rate, ms per iteration, samples/s, ETA) and appends a row
+    to the CSV log. Time spent validating and saving is not training time: restart_clock() after
+    them. Ranks other than 0 keep the sums and checks but print and write nothing.
+
+    Args:
+        name: the model's name, for the progress bar.
+        loss_names: the losses add() receives, in order.
+        iterations, start_iteration: the run's length, and where it starts (resumed runs).
+        print_freq: iterations between reports.
+        samples_per_iteration: the global batch, for samples/s.
+        log_path: the CSV log (its plot goes beside it), or None (ranks other than 0).
+        train_seconds: training time before start_iteration.
+        device: where the losses are summed.
+    """
+
+    def __init__(self, name, loss_names, iterations, start_iteration, print_freq, samples_per_iteration, log_path,
+                 train_seconds, device):
+        from tqdm import tqdm  # here, not at import time: only training needs it
+        self.loss_names, self.iterations, self.print_freq = list(loss_names), iterations, print_freq
+        self.samples_per_iteration, self.train_seconds = samples_per_iteration, train_seconds
+        self.sums = torch.zeros(len(loss_names), device=device)
+        self.n_summed, self.tick = 0, time.perf_counter()
+        self.log = None
+        if log_path:
+            self.log = TrainingLog(log_path, ['iteration', 'train_seconds'] + self.loss_names
+                                   + ['lr', 'ms_per_iteration', 'val_psnr', 'val_ssim'], resume_from=start_iteration)
+        # The bar is for a person at a terminal; a log file (nohup) gets the compact lines alone.
+        self.progress = tqdm(total=iterations, initial=start_iteration, desc=name, dynamic_ncols=True,
+                             disable=not (log_path and sys.stderr.isatty()))
+
+    def add(self, *losses):
+        """Add this iteration's losses (scalar tensors) to the sums, without waiting for the device."""
+        self.sums += torch.stack([loss.detach().float() for loss in losses])
+        self.n_summed += 1
+        self.progress.update(1)
+
+    def due(self, iteration, *freqs):
+        """Whether `iteration` reports: every print_freq, every one of `freqs` (save_freq, ...), the last."""
+        return iteration == self.iterations or any(f and iteration % f == 0 for f in (self.print_freq,) + freqs)
+
+    def report(self, iteration, lr, parameters):
+        """Read the mean losses since the last report, check them and the weights, print and log.
+        Returns {loss name: mean}; raises TrainingDiverged on a NaN or infinity."""
+        means = dict(zip(self.loss_names, (self.sums / self.n_summed).tolist()))  # waits for the device
+        ms = (time.perf_counter() - self.tick) * 1000 / self.n_summed
+        self.train_seconds += ms * self.n_summed / 1000
+        if not (all(math.isfinite(v) for v in means.values()) and all_finite(parameters)):
+            self.close()
+            raise TrainingDiverged(
+                f"Stopping: a loss or a weight became non-finite ({means}) between iterations "
+                f"{iteration - self.n_summed + 1} and {iteration}. The last good checkpoint is kept. "
+                f"Try a lower lr, warmup_iterations, grad_clip, or amp='off'.")
+        if self.log:
+            eta_minutes = ms * (self.iterations - iteration) / 60_000
+            losses = '  '.join(f"{name} {value:.5f}" for name, value in means.items())
+            self.progress.write(f"[{iteration}/{self.iterations}] {losses}  lr {lr:.2e}  {ms:.1f} ms/it  "
+                                f"{self.samples_per_iteration * 1000 / ms:.0f} samples/s  ETA {eta_minutes:.0f} min")
+            self.log.log(iteration=iteration, train_seconds=f'{self.train_seconds:.1f}', lr=f'{lr:.3e}',
+                         ms_per_iteration=f'{ms:.2f}', **{name: f'{value:.6f}' for name, value in means.items()})
+        self.sums.zero_()
+        self.n_summed = 0
+        return means
+
+    def report_validation(self, iteration, name, psnr, ssim):
+        """Print and log a validation result."""
+        if self.log:
+            self.progress.write(f"[{iteration}/{self.iterations}] {name}: PSNR {psnr:.3f} dB, SSIM {ssim:.4f}")
+            self.log.log(iteration=iteration, train_seconds=f'{self.train_seconds:.1f}', val_psnr=f'{psnr:.4f}',
+                         val_ssim=f'{ssim:.5f}')
+
+    def plot(self, panels):
+        """Redraw the curves beside the CSV (TrainingLog.plot)."""
+        if self.log:
+            self.log.plot(panels)
+
+    def restart_clock(self):
+        """Start timing training again (after validating or saving, which are not training)."""
+        self.tick = time.perf_counter()
+
+    def close(self):
+        self.progress.close()
 
 
 @torch.inference_mode()
-def evaluate_sr(model, dataset, device, scaling_factor, autocast_dtype=None, progress=None):
+def evaluate_sr(model, dataset, device, scaling_factor, progress=None):
     """Per-image (psnr, ssim) of a model on a test SRDataset (LR 'imagenet-norm', HR '[-1, 1]').
 
     The SR image is rounded and clamped to 8 bits, as a saved image would be, before measuring.
@@ -603,9 +1088,8 @@ def evaluate_sr(model, dataset, device, scaling_factor, autocast_dtype=None, pro
     indices = range(len(dataset))
     for i in (progress(indices) if progress else indices):
         lr_img, hr_img = dataset[i]  # (3, h, w) ImageNet-normed; (3, h * s, w * s) in [-1, 1]
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            sr_img = model(lr_img.unsqueeze(0).to(device))[0]  # (3, h * s, w * s), in [-1, 1]
-        sr_pil = convert_image(sr_img.float(), source='[-1, 1]', target='pil')
+        sr_img = model(lr_img.unsqueeze(0).to(device))[0]  # (3, h * s, w * s), in [-1, 1], float32
+        sr_pil = convert_image(sr_img, source='[-1, 1]', target='pil')
         hr_pil = convert_image(hr_img, source='[-1, 1]', target='pil')
         results.append(compute_psnr_ssim(sr_pil, hr_pil, crop_border=scaling_factor))
     return results
@@ -664,32 +1148,11 @@ def cleanup_distributed(*models):
         torch.distributed.destroy_process_group()
 
 
-def make_train_loader(dataset, batch_size, iterations, seed, start_iteration, workers, device,
-                      rank=0, world_size=1):
-    """A DataLoader over exactly the batches of iterations [start_iteration, iterations) of this rank.
-
-    The ResumableSampler makes the stream a function of (seed, position) alone, so resuming,
-    changing `workers` or adding ranks never changes what a given iteration sees.
-    """
-    from datasets import ResumableSampler  # local import: datasets imports utils
-    sampler = ResumableSampler(len(dataset), batch_size, iterations, seed, start_iteration, rank, world_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       pin_memory=device.type == 'cuda', drop_last=True)
-
-
-def validation_dataset(data_folder, name, scaling_factor):
-    """The test SRDataset <name>_test_images.json in data_folder, or None (with a note) if there is none."""
-    from datasets import SRDataset  # local import: datasets imports utils
-    if not os.path.isfile(os.path.join(data_folder, f'{name}_test_images.json')):
-        print(f"No {name}_test_images.json in {data_folder}: validation is off")
-        return None
-    return SRDataset(data_folder, 'test', 0, scaling_factor, 'imagenet-norm', '[-1, 1]', test_data_name=name)
-
-
-def validate(model, dataset, device, scaling_factor, autocast_dtype=None):
-    """Mean (PSNR, SSIM) of a model in training over a test dataset; the model is put back in train mode."""
+def validate(model, dataset, device, scaling_factor):
+    """Mean (PSNR, SSIM) of a model in training over a validation dataset, in float32 (whatever the
+    training precision); the model is put back in train mode."""
     model.eval()
-    scores = evaluate_sr(unwrap(model), dataset, device, scaling_factor, autocast_dtype)
+    scores = evaluate_sr(unwrap(model), dataset, device, scaling_factor)
     model.train()
     return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
 

@@ -1,12 +1,15 @@
 """Tests of eval.py on generated images: the bicubic row against a computation written out here,
-the results files' schema, a model checkpoint saved on a GPU machine evaluated on the CPU, and
-clear errors for whatever can be missing or wrong.
+the NIQE column and the HR row, the results files' schema, SRGAN rows named by their content
+loss, a model checkpoint saved on a GPU machine evaluated on the CPU, and clear one-line errors
+for whatever can be missing or wrong. About ten seconds on two CPU cores.
 
     python -m pytest -q tests/test_eval.py
 """
 import csv
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -16,9 +19,13 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 import eval as eval_script  # named so, not to shadow the builtin eval
+import utils
 from models import SRResNet
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = {'SetA': [(51, 43), (64, 37)], 'SetB': [(40, 40)]}  # test sets of (width, height), odd sizes included
+# Big enough for NIQE's 96x96 block after the 4-px border crop; 'Set5' so that the paper's row has numbers.
+NIQE_SETS = {'Set5': [(113, 106), (104, 120)]}
 MODEL_ARGS = {'n_blocks': 1, 'n_channels': 8, 'scaling_factor': 4}
 
 
@@ -35,25 +42,41 @@ def textured_image(width, height, seed):
     return Image.fromarray(np.clip(np.round(smooth + rng.normal(0., 15., smooth.shape)), 0, 255).astype(np.uint8))
 
 
-@pytest.fixture
-def data_folder(tmp_path):
-    """Images in tmp_path/<set>/ and their lists, <set>_test_images.json, in tmp_path/lists."""
-    lists = tmp_path / 'lists'
+def make_data(root, sets):
+    """Images in root/<set>/ and their lists, <set>_test_images.json, in root/lists."""
+    lists = root / 'lists'
     lists.mkdir()
-    for set_name, sizes in SETS.items():
-        (tmp_path / set_name).mkdir()
+    for set_name, sizes in sets.items():
+        (root / set_name).mkdir()
         paths = []
         for i, (width, height) in enumerate(sizes):
-            paths.append(str(tmp_path / set_name / f'img{i}.png'))
+            paths.append(str(root / set_name / f'img{i}.png'))
             textured_image(width, height, seed=len(paths) + 10 * len(set_name)).save(paths[-1])
         (lists / f'{set_name}_test_images.json').write_text(json.dumps(paths))
     return str(lists)
 
 
+@pytest.fixture
+def data_folder(tmp_path):
+    """The tiny SETS: too small for NIQE, so the tests that use them measure PSNR and SSIM only."""
+    return make_data(tmp_path, SETS)
+
+
+@pytest.fixture
+def niqe_data_folder(tmp_path):
+    return make_data(tmp_path, NIQE_SETS)
+
+
 def eval_args(data_folder, tmp_path, models, **overrides):
     args = {'data_folder': data_folder, 'test_data_names': list(SETS), 'models': models, 'device': 'cpu',
-            'results_file': str(tmp_path / 'results' / 'eval.json'), **overrides}
+            'metrics': ['psnr', 'ssim'], 'results_file': str(tmp_path / 'results' / 'eval.json'), **overrides}
     return [f'--{key}={value}' for key, value in args.items()]
+
+
+def save_srgan(path, model, **extra):
+    """An SRGAN checkpoint as train_srgan.py writes one, with the generator's weights from `model`."""
+    torch.save({'generator': model.state_dict(), 'discriminator': {}, 'model_args': MODEL_ARGS, 'iteration': 3,
+                **extra}, path)
 
 
 # The reference, written out from the definitions rather than taken from the code under test.
@@ -103,8 +126,9 @@ def test_bicubic_row_equals_a_direct_computation(data_folder, tmp_path, capsys):
         assert results['bicubic'][set_name]['psnr'] == pytest.approx(np.mean([p for p, _ in expected]), abs=1e-9)
         assert results['bicubic'][set_name]['ssim'] == pytest.approx(np.mean([s for _, s in expected]), abs=1e-9)
     table = capsys.readouterr().out
-    row = f"| bicubic | {results['bicubic']['SetA']['psnr']:.2f} | {results['bicubic']['SetA']['ssim']:.4f} |"
-    assert row in table and '| bicubic (paper) | - | - |' in table  # no paper numbers for made-up sets
+    row = f"| Bicubic (ours) | {results['bicubic']['SetA']['psnr']:.2f} | {results['bicubic']['SetA']['ssim']:.4f} |"
+    assert row in table and '| Bicubic (paper) | — | — | — | — |' in table  # no paper numbers for made-up sets
+    assert '| Model | SetA PSNR | SetA SSIM | SetB PSNR | SetB SSIM |' in table and '| HR |' not in table  # no NIQE
 
 
 def test_results_files_schema(data_folder, tmp_path):
@@ -166,21 +190,100 @@ def test_a_gpu_saved_checkpoint_evaluates_on_the_cpu(data_folder, tmp_path):
 
 def test_clear_errors(data_folder, tmp_path):
     torch.manual_seed(0)
-    state = SRResNet(**MODEL_ARGS).state_dict()
+    model = SRResNet(**MODEL_ARGS)
     srresnet_path, srgan_path, other_path = (str(tmp_path / name) for name in ('srresnet.pth', 'srgan.pth', 'x.pth'))
-    torch.save({'model': state, 'model_args': MODEL_ARGS, 'iteration': 0, 'config': {}}, srresnet_path)
-    torch.save({'generator': state, 'discriminator': {}, 'model_args': MODEL_ARGS, 'iteration': 0}, srgan_path)
+    torch.save({'model': model.state_dict(), 'model_args': MODEL_ARGS, 'iteration': 0, 'config': {}}, srresnet_path)
+    save_srgan(srgan_path, model)
     torch.save({'weights': torch.ones(2)}, other_path)
 
     def fails(match, models, **overrides):
-        with pytest.raises(SystemExit, match=match):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
             run_eval(eval_args(data_folder, tmp_path, models, **overrides))
 
     fails(r'data list not found: .*SetC_test_images.json', ['bicubic'], test_data_names=['SetA', 'SetC'])
-    fails(r'(?s)nowhere.pth.*train_srresnet.py', ['srresnet'], srresnet_checkpoint=str(tmp_path / 'nowhere.pth'))
-    fails(r'srresnet.pth is not an? SRGAN checkpoint', ['srgan'], srgan_checkpoint=srresnet_path)
-    fails(r'srgan.pth is not an? SRResNet checkpoint', ['srresnet'], srresnet_checkpoint=srgan_path)
+    fails(r'nowhere.pth.*Train one with `python train_srresnet.py`', ['srresnet'],
+          srresnet_checkpoint=str(tmp_path / 'nowhere.pth'))
+    fails(r'srresnet.pth is not an? SRGAN checkpoint.*train_srgan.py', ['srgan'], srgan_checkpoint=srresnet_path)
+    fails(r'srgan.pth is not an? SRResNet checkpoint.*train_srresnet.py', ['srresnet'], srresnet_checkpoint=srgan_path)
     fails(r'x.pth is not an? SRResNet checkpoint', ['srresnet'], srresnet_checkpoint=other_path)
-    fails(r'--srgan_checkpoint is empty', ['bicubic', 'srgan'])
+    fails(r"not found: ''.*--srgan_checkpoint=PATH", ['bicubic', 'srgan'])  # models has 'srgan', no checkpoint given
     fails(r'models must be', ['bicubic', 'esrgan'])
+    fails(r'metrics must be', ['bicubic'], metrics=['psnr', 'lpips'])
+    # Too small for a metric: named before any model runs (the SRResNet here is never built).
+    fails(r'SetA/img0.png .*51x43, too small for NIQE at x4: it needs 96 px', ['bicubic', 'srresnet'],
+          metrics=['niqe'], srresnet_checkpoint=srresnet_path)
+    fails(r'SetB/img0.png .*40x40, too small for SSIM at x16: .* and has 0', ['bicubic'], scaling_factor=16,
+          test_data_names=['SetB'], metrics=['ssim'])
     assert not os.path.exists(tmp_path / 'results')  # nothing was written by a failed run
+
+
+def test_a_missing_image_is_one_line_on_stderr(data_folder, tmp_path):
+    os.remove(image_paths(data_folder, 'SetB')[0])  # deleted after the list was made
+    result = subprocess.run([sys.executable, 'eval.py'] + eval_args(data_folder, tmp_path, ['bicubic']), cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    list_path = os.path.join(data_folder, 'SetB_test_images.json')
+    assert result.stderr.startswith(f'eval.py: error: data list {list_path} ')
+    assert image_paths(data_folder, 'SetB')[0] in result.stderr and result.stderr.count('\n') == 1
+    assert not os.path.exists(tmp_path / 'results')
+
+
+def test_published_results_are_not_the_default_output():
+    # A subset run must not overwrite results/eval_results.json, which git tracks: the default
+    # goes under runs/, which git ignores.
+    assert not os.path.normpath(eval_script.results_file).startswith('results')
+    assert eval_script.results_file.startswith('runs/')
+    with open(os.path.join(REPO, '.gitignore')) as f:
+        assert '/runs/' in f.read().split()
+
+
+def test_niqe_column_and_hr_row(niqe_data_folder, tmp_path, capsys):
+    results = run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], test_data_names=['Set5'],
+                                 metrics=['psnr', 'ssim', 'niqe']))
+    assert list(results) == ['hr', 'bicubic']
+    hr_niqe, bicubic_niqe = [], []
+    for path in image_paths(niqe_data_folder, 'Set5'):
+        lr_img, hr_img = centre_crop_pair(path)
+        hr_niqe.append(utils.niqe(hr_img, crop_border=4))
+        bicubic_niqe.append(utils.niqe(lr_img.resize(hr_img.size, Image.BICUBIC), crop_border=4))
+    hr, bicubic = results['hr']['Set5'], results['bicubic']['Set5']
+    assert hr == {'psnr': None, 'ssim': None, 'niqe': pytest.approx(np.mean(hr_niqe), abs=1e-9), 'n_images': 2}
+    assert bicubic['niqe'] == pytest.approx(np.mean(bicubic_niqe), abs=1e-9) and bicubic['psnr'] > 20
+
+    table = capsys.readouterr().out
+    assert '| Model | Set5 PSNR | Set5 SSIM | Set5 NIQE |' in table
+    assert f"| HR | — | — | {hr['niqe']:.2f} |" in table
+    assert f"| Bicubic (ours) | {bicubic['psnr']:.2f} | {bicubic['ssim']:.4f} | {bicubic['niqe']:.2f} |" in table
+    assert '| Bicubic (paper) | 28.43 | 0.8211 | — |' in table  # the paper published no NIQE
+
+    with open(tmp_path / 'results' / 'eval.json') as f:
+        assert json.load(f)['hr']['Set5'] == {'psnr': None, 'ssim': None, 'niqe': hr['niqe'], 'n_images': 2}
+    with open(tmp_path / 'results' / 'eval.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ['model', 'set', 'image', 'psnr', 'ssim', 'niqe']
+    assert [(row['model'], row['psnr']) for row in rows[:2]] == [('hr', ''), ('hr', '')]
+    assert [float(row['niqe']) for row in rows[2:]] == pytest.approx(bicubic_niqe, abs=1e-9)
+
+
+def test_srgan_rows_are_named_by_their_content_loss(niqe_data_folder, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = SRResNet(**MODEL_ARGS)
+    paths = {name: str(tmp_path / f'{name}.pth') for name in ('mse', 'old', 'bad')}
+    save_srgan(paths['mse'], model, config={'content_loss': 'mse'})
+    save_srgan(paths['old'], model)  # from before the variants: no config at all
+    save_srgan(paths['bad'], model, config={'content_loss': 'l1'})
+
+    def evaluate(path):
+        return run_eval(eval_args(niqe_data_folder, tmp_path, ['srgan'], test_data_names=['Set5'],
+                                  srgan_checkpoint=path))
+
+    assert list(evaluate(paths['mse'])) == ['srgan_mse']
+    table = capsys.readouterr().out
+    assert '| SRGAN-MSE (ours) |' in table and '| SRGAN-MSE (paper) | 30.64 | 0.8701 |' in table
+    assert 'VGG54' not in table
+    with open(tmp_path / 'results' / 'eval.json') as f:
+        assert list(json.load(f)) == ['srgan_mse']
+    assert list(evaluate(paths['old'])) == ['srgan_vgg54']
+    assert '| SRGAN-VGG54 (paper) | 29.40 | 0.8472 |' in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"bad.pth: config content_loss is 'l1'"):
+        evaluate(paths['bad'])
