@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 import warnings
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+import runtime
 import utils
 from models import SRResNet
 
@@ -191,7 +191,7 @@ def save_random_checkpoint(path, model_args, seed):
     its state_dict."""
     model = random_srresnet(model_args, seed)
     optimizer = torch.optim.Adam(model.parameters())
-    utils.save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iteration': 0,
+    runtime.save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iteration': 0,
                            'model_args': model_args, 'config': {}}, path)
     return model.state_dict()
 
@@ -503,7 +503,7 @@ def print_table(results):
                   f"{run['samples_per_s']:>11.1f}{gflops:>10}{share:>9}")
     peaks = results.get('peak_gflop_per_s') or {}
     if peaks:
-        print(f"\n3. Utilisation: peak 3x3 channels_last convolution "
+        print("\n3. Utilisation: peak 3x3 channels_last convolution "
               + ', '.join(f"{value:.0f} GFLOP/s in {name}" for name, value in peaks.items()))
         for row in inference:
             peak = peaks.get('fp32')
@@ -521,10 +521,10 @@ def print_table(results):
 
 def main(argv):
     """Run the benchmark; returns the results dict that is also written to results_file."""
-    config = utils.parse_config(globals(), argv)
+    config = runtime.parse_config(globals(), argv)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = utils.pick_device(config.device)
+    device = runtime.pick_device(config.device)
     print(f"Device: {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     started = time.perf_counter()
     model_args = dict(large_kernel_size=config.large_kernel_size, small_kernel_size=config.small_kernel_size,
@@ -587,4 +587,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

@@ -8,8 +8,8 @@ tutorial's MS-COCO 2014 train and val images for training, and Set5, Set14 and B
 testing. `val_size` training images are held out into val_images.json: the training scripts
 validate on them, so that the test sets are never used to choose a checkpoint.
 """
-import sys
 
+import runtime
 import utils
 
 # ----------------------------------------------------------------------------------------------
@@ -25,12 +25,12 @@ output_folder: str = 'data'  # where the JSON lists go
 
 def main(argv):
     """Parse overrides, then write the lists."""
-    config = utils.parse_config(globals(), argv)
-    utils.require(config.min_size > 0, f"min_size must be positive, got {config.min_size}")
-    utils.require(config.val_size >= 0, f"val_size must be >= 0, got {config.val_size}")
+    config = runtime.parse_config(globals(), argv)
+    runtime.require(config.min_size > 0, f"min_size must be positive, got {config.min_size}")
+    runtime.require(config.val_size >= 0, f"val_size must be >= 0, got {config.val_size}")
     utils.create_data_lists(config.train_folders, config.test_folders, config.min_size, config.output_folder,
                             config.val_size, config.val_seed)
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

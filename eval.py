@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import runtime
 import utils
 from datasets import SRDataset, data_list_path, read_data_list
 
@@ -142,12 +143,12 @@ def main(argv):
     """Evaluate every model on every test set; print the table, write the files, return the means
     as {key: {set: {metric: float or None, 'n_images': int}}}, key 'hr', 'bicubic', 'srresnet'
     or 'srgan_<content loss>'."""
-    config = utils.parse_config(globals(), argv)
+    config = runtime.parse_config(globals(), argv)
     for constant, known in (('models', MODEL_NAMES), ('metrics', METRIC_NAMES)):
         names = getattr(config, constant)
-        utils.require(names and set(names) <= set(known) and len(set(names)) == len(names),
+        runtime.require(names and set(names) <= set(known) and len(set(names)) == len(names),
                       f"{constant} must be distinct names from {known}, got {names}")
-    device = utils.pick_device(config.device)
+    device = runtime.pick_device(config.device)
     print(f"Device: {device}")
 
     # Everything that can be missing or wrong is checked before any model runs.
@@ -159,7 +160,7 @@ def main(argv):
             continue
         path = getattr(config, f'{model_name}_checkpoint')
         try:
-            model, checkpoint = utils.load_sr_model(path, device, kind=model_name)
+            model, checkpoint = runtime.load_sr_model(path, device, kind=model_name)
         except (FileNotFoundError, ValueError) as error:
             raise type(error)(f"{error}. Train one with `python {TRAINERS[model_name]}` and pass it with "
                               f"--{model_name}_checkpoint=PATH") from None
@@ -206,4 +207,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

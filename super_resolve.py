@@ -53,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
+import runtime
 import utils
 from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
 
@@ -100,7 +101,7 @@ def load_inference_model(checkpoint, device, channels_last=True, kind=''):
 
     Returns the model of prepare_for_inference, in eval mode.
     """
-    model, _ = utils.load_sr_model(checkpoint, device, kind)
+    model, _ = runtime.load_sr_model(checkpoint, device, kind)
     return prepare_for_inference(model, channels_last)
 
 
@@ -435,24 +436,24 @@ def main(argv):
     OSError when an output cannot be written, and, after writing the others, ValueError if any
     image failed.
     """
-    config = utils.parse_config(globals(), argv)
-    utils.require(config.mode in ('upscale', 'compare'), f"mode must be 'upscale' or 'compare', got {config.mode!r}")
-    utils.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
-    utils.require(config.mode == 'upscale' or config.model == 'srresnet',
+    config = runtime.parse_config(globals(), argv)
+    runtime.require(config.mode in ('upscale', 'compare'), f"mode must be 'upscale' or 'compare', got {config.mode!r}")
+    runtime.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
+    runtime.require(config.mode == 'upscale' or config.model == 'srresnet',
                   "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
                   "leave --model at 'srresnet'")
-    utils.require(config.tile_size >= 0 and config.tile_overlap >= 0, "tile_size and tile_overlap must be >= 0")
-    utils.require(config.max_output_megapixels > 0, "max_output_megapixels must be > 0")
-    utils.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")
+    runtime.require(config.tile_size >= 0 and config.tile_overlap >= 0, "tile_size and tile_overlap must be >= 0")
+    runtime.require(config.max_output_megapixels > 0, "max_output_megapixels must be > 0")
+    runtime.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")
     if not os.path.exists(config.input_path):
         raise FileNotFoundError(f"input not found: {config.input_path!r}")
     check_writable(config.output_folder)
     utils.remove_stale_temporaries(config.output_folder)  # what a killed run was writing, never a finished output
-    device = utils.pick_device(config.device)
+    device = runtime.pick_device(config.device)
     print(f"Device: {device}")
 
     try:
-        sr_model, sr_checkpoint = utils.load_sr_model(config.checkpoint, device, kind=config.model)
+        sr_model, sr_checkpoint = runtime.load_sr_model(config.checkpoint, device, kind=config.model)
     except FileNotFoundError as error:
         trainer = 'train_srgan.py' if config.model == 'srgan' else 'train_srresnet.py'
         raise FileNotFoundError(f"{error}. Train a model with `python {trainer}` and pass the checkpoint it writes "
@@ -462,7 +463,7 @@ def main(argv):
     model_name = srgan_label(sr_checkpoint) if config.model == 'srgan' else 'SRResNet'
     srgan, srgan_name = None, 'SRGAN'
     if config.mode == 'compare' and config.srgan_checkpoint:
-        srgan, srgan_checkpoint = utils.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
+        srgan, srgan_checkpoint = runtime.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
         srgan, srgan_name = prepare_for_inference(srgan, config.channels_last), srgan_label(srgan_checkpoint)
     print(f"Model: {model_name}, {config.checkpoint}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else ''))
     if config.mode == 'compare' and srgan is None:
@@ -516,4 +517,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import datasets
+import runtime
 import utils
 from models import Discriminator, Generator, TruncatedVGG19
 
@@ -74,32 +75,32 @@ VGG_LAYERS = {'vgg54': (5, 4), 'vgg22': (2, 2)}  # (i, j): the j-th convolution 
 
 def main(argv):
     """Train; returns the last iteration and the trained (plain) generator and discriminator."""
-    config = utils.parse_config(globals(), argv)
-    utils.check_training_config(config)
-    utils.require(config.content_loss in ('vgg54', 'vgg22', 'mse'),
+    config = runtime.parse_config(globals(), argv)
+    runtime.check_training_config(config)
+    runtime.require(config.content_loss in ('vgg54', 'vgg22', 'mse'),
                   f"content_loss must be 'vgg54', 'vgg22' or 'mse', got {config.content_loss!r}")
-    device, rank, world_size = utils.setup_distributed(config.device)
+    device, rank, world_size = runtime.setup_distributed(config.device)
     is_main = rank == 0
-    autocast_dtype, use_scaler = utils.amp_settings(device, config.amp)
+    autocast_dtype, use_scaler = runtime.amp_settings(device, config.amp)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if is_main:
         print(f"Device: {device}, processes: {world_size}, autocast: {autocast_dtype}, config: {vars(config)}")
-    utils.seed_everything(config.seed)
+    runtime.seed_everything(config.seed)
     latest_path = os.path.join(config.out_dir, 'checkpoint_srgan.pth')
 
     # The networks. The generator's shape comes from the checkpoint we start from.
     discriminator_args = dict(kernel_size=config.kernel_size_d, n_channels=config.n_channels_d,
                               n_blocks=config.n_blocks_d, fc_size=config.fc_size_d)
     if config.checkpoint:
-        state = utils.load_checkpoint(config.checkpoint, 'cpu', CHECKPOINT_KEYS, kind='SRGAN checkpoint')
-        utils.require(state['discriminator_args'] == discriminator_args,
+        state = runtime.load_checkpoint(config.checkpoint, 'cpu', CHECKPOINT_KEYS, kind='SRGAN checkpoint')
+        runtime.require(state['discriminator_args'] == discriminator_args,
                       f"{config.checkpoint} has a discriminator {state['discriminator_args']}, not {discriminator_args}")
         trained_with = state['config'].get('content_loss', 'vgg54')  # older checkpoints: the paper's VGG54
-        utils.require(trained_with == config.content_loss, f"{config.checkpoint} was trained with "
+        runtime.require(trained_with == config.content_loss, f"{config.checkpoint} was trained with "
                       f"content_loss={trained_with!r}, not {config.content_loss!r}: resume with the same")
     else:
-        utils.refuse_to_overwrite(latest_path, config.overwrite)
-        state = utils.load_checkpoint(config.srresnet_checkpoint, 'cpu', ('model', 'model_args'),
+        runtime.refuse_to_overwrite(latest_path, config.overwrite)
+        state = runtime.load_checkpoint(config.srresnet_checkpoint, 'cpu', ('model', 'model_args'),
                                       kind='SRResNet checkpoint')
     model_args = state['model_args']
     generator = Generator(**model_args)
@@ -107,20 +108,20 @@ def main(argv):
     # The content loss's VGG19 is frozen, and never in a DDP wrapper: it has nothing to learn.
     vgg = TruncatedVGG19(*VGG_LAYERS[config.content_loss], weights=config.vgg19_weights) \
         if config.content_loss in VGG_LAYERS else None
-    optimizer_g = utils.make_adam(generator.parameters(), config.lr, device)
-    optimizer_d = utils.make_adam(discriminator.parameters(), config.lr, device)
+    optimizer_g = runtime.make_adam(generator.parameters(), config.lr, device)
+    optimizer_d = runtime.make_adam(discriminator.parameters(), config.lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)  # one scaler, two optimizers
     start_iteration, train_seconds = 0, 0.
     if config.checkpoint:
-        utils.load_states(config.checkpoint, [
+        runtime.load_states(config.checkpoint, [
             (generator, state['generator']), (discriminator, state['discriminator']),
             (optimizer_g, state['optimizer_g']), (optimizer_d, state['optimizer_d']), (scaler, state['scaler'])])
-        utils.set_rng_states(state['rng'])
+        runtime.set_rng_states(state['rng'])
         start_iteration, train_seconds = state['iteration'], state['train_seconds']
         if is_main:
             print(f"Resuming {config.checkpoint} at iteration {start_iteration}")
     else:
-        utils.load_states(config.srresnet_checkpoint, [(generator, {k: v.float() for k, v in state['model'].items()})])
+        runtime.load_states(config.srresnet_checkpoint, [(generator, {k: v.float() for k, v in state['model'].items()})])
         if is_main:
             print(f"Generator initialised from {config.srresnet_checkpoint} (iteration {state['iteration']})")
     del state
@@ -130,11 +131,11 @@ def main(argv):
     generator = generator.to(device, memory_format=memory_format)
     discriminator = discriminator.to(device, memory_format=memory_format)
     if world_size > 1:
-        generator = utils.wrap_distributed(generator, device, config.sync_bn)
-        discriminator = utils.wrap_distributed(discriminator, device, config.sync_bn)
+        generator = runtime.wrap_distributed(generator, device, config.sync_bn)
+        discriminator = runtime.wrap_distributed(discriminator, device, config.sync_bn)
     # In the generator step the discriminator only passes gradients back to the SR images: it runs
     # as the plain module there, so that DDP does not expect to synchronise its gradients.
-    plain_discriminator = utils.unwrap(discriminator)
+    plain_discriminator = runtime.unwrap(discriminator)
     compiled = (lambda net: torch.compile(net, mode=config.compile)) if config.compile else (lambda net: net)
     train_generator, train_discriminator = compiled(generator), compiled(discriminator)
     train_vgg = compiled(vgg.to(device, memory_format=memory_format)) if vgg is not None else None
@@ -147,7 +148,7 @@ def main(argv):
         config.data_folder, config.crop_size, model_args['scaling_factor'], config.batch_size, config.iterations,
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
         config.cache_images, config.workers, rank, world_size)
-    monitor = utils.TrainingMonitor('SRGAN', ['content_loss', 'adversarial_loss', 'discriminator_loss'],
+    monitor = runtime.TrainingMonitor('SRGAN', ['content_loss', 'adversarial_loss', 'discriminator_loss'],
                                     config.iterations, start_iteration, config.print_freq,
                                     config.batch_size * world_size,
                                     os.path.join(config.out_dir, 'log_srgan.csv') if is_main else None,
@@ -157,10 +158,10 @@ def main(argv):
 
     def save(iteration, path):
         """Write everything exact resumption needs, atomically, with plain (unwrapped) weights."""
-        utils.save_checkpoint({
-            'generator': utils.unwrap(generator).state_dict(), 'discriminator': plain_discriminator.state_dict(),
+        runtime.save_checkpoint({
+            'generator': runtime.unwrap(generator).state_dict(), 'discriminator': plain_discriminator.state_dict(),
             'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
-            'scaler': scaler.state_dict(), 'rng': utils.rng_states(), 'iteration': iteration,
+            'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
             'train_seconds': monitor.train_seconds, 'model_args': model_args,
             'discriminator_args': discriminator_args, 'config': vars(config)}, path)
 
@@ -170,10 +171,10 @@ def main(argv):
     generator.train()
     discriminator.train()
     for iteration, (lr_imgs, hr_imgs) in enumerate(batches, start=start_iteration + 1):
-        learning_rate = utils.learning_rate_at(iteration, config.lr, config.lr_schedule, config.iterations,
+        learning_rate = runtime.learning_rate_at(iteration, config.lr, config.lr_schedule, config.iterations,
                                                config.lr_decay_at, config.lr_decay, config.warmup_iterations)
-        utils.set_learning_rate(optimizer_g, learning_rate)
-        utils.set_learning_rate(optimizer_d, learning_rate)
+        runtime.set_learning_rate(optimizer_g, learning_rate)
+        runtime.set_learning_rate(optimizer_d, learning_rate)
         lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)  # (N, 3, 24, 24), ImageNet-normed
         hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)  # (N, 3, 96, 96), in [-1, 1]
         hr_normed = utils.convert_image(hr_imgs, '[-1, 1]', 'imagenet-norm')  # (N, 3, 96, 96)
@@ -199,7 +200,7 @@ def main(argv):
         scaler.scale(perceptual_loss).backward()
         if config.grad_clip:
             scaler.unscale_(optimizer_g)  # clamp the true gradients, not the scaled ones
-            utils.clip_gradient(optimizer_g, config.grad_clip)
+            runtime.clip_gradient(optimizer_g, config.grad_clip)
         scaler.step(optimizer_g)
         plain_discriminator.requires_grad_(True)
 
@@ -214,7 +215,7 @@ def main(argv):
         scaler.scale(discriminator_loss).backward()
         if config.grad_clip:
             scaler.unscale_(optimizer_d)
-            utils.clip_gradient(optimizer_d, config.grad_clip)
+            runtime.clip_gradient(optimizer_d, config.grad_clip)
         scaler.step(optimizer_d)
         scaler.update()  # once per iteration, after both optimizers stepped
         monitor.add(content_loss, adversarial_loss, discriminator_loss)
@@ -227,14 +228,14 @@ def main(argv):
                               'discriminator loss': ['discriminator_loss'], 'validation PSNR (dB)': ['val_psnr']})
             if val_dataset is not None and (iteration % config.val_freq == 0 or iteration == config.iterations):
                 # Logged to watch the run; a GAN is chosen by looking, not by PSNR, which it trades away.
-                psnr, ssim = utils.validate(generator, val_dataset, device, model_args['scaling_factor'])
+                psnr, ssim = runtime.validate(generator, val_dataset, device, model_args['scaling_factor'])
                 monitor.report_validation(iteration, config.val_data_name, psnr, ssim)
             monitor.restart_clock()
     monitor.close()
-    utils.cleanup_distributed(generator, discriminator)
-    return {'iteration': config.iterations, 'generator': utils.unwrap(generator),
+    runtime.cleanup_distributed(generator, discriminator)
+    return {'iteration': config.iterations, 'generator': runtime.unwrap(generator),
             'discriminator': plain_discriminator}
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

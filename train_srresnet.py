@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import datasets
+import runtime
 import utils
 from models import SRResNet
 
@@ -66,15 +67,15 @@ CHECKPOINT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'iteration', 'best_psn
 
 def main(argv):
     """Train; returns the last iteration and the trained (plain) model."""
-    config = utils.parse_config(globals(), argv)
-    utils.check_training_config(config)
-    device, rank, world_size = utils.setup_distributed(config.device)
+    config = runtime.parse_config(globals(), argv)
+    runtime.check_training_config(config)
+    device, rank, world_size = runtime.setup_distributed(config.device)
     is_main = rank == 0
-    autocast_dtype, use_scaler = utils.amp_settings(device, config.amp)
+    autocast_dtype, use_scaler = runtime.amp_settings(device, config.amp)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if is_main:
         print(f"Device: {device}, processes: {world_size}, autocast: {autocast_dtype}, config: {vars(config)}")
-    utils.seed_everything(config.seed)
+    runtime.seed_everything(config.seed)
     latest_path = os.path.join(config.out_dir, 'checkpoint_srresnet.pth')
     best_path = os.path.join(config.out_dir, 'checkpoint_srresnet_best.pth')
 
@@ -82,27 +83,27 @@ def main(argv):
     model_args = dict(large_kernel_size=config.large_kernel_size, small_kernel_size=config.small_kernel_size,
                       n_channels=config.n_channels, n_blocks=config.n_blocks, scaling_factor=config.scaling_factor)
     model = SRResNet(**model_args)
-    optimizer = utils.make_adam(model.parameters(), config.lr, device)
+    optimizer = runtime.make_adam(model.parameters(), config.lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     start_iteration, best_psnr, train_seconds = 0, float('-inf'), 0.
     if config.checkpoint:
-        state = utils.load_training_checkpoint(config.checkpoint, CHECKPOINT_KEYS, 'SRResNet checkpoint', model_args)
-        utils.load_states(config.checkpoint, [(model, state['model']), (optimizer, state['optimizer']),
+        state = runtime.load_training_checkpoint(config.checkpoint, CHECKPOINT_KEYS, 'SRResNet checkpoint', model_args)
+        runtime.load_states(config.checkpoint, [(model, state['model']), (optimizer, state['optimizer']),
                                               (scaler, state['scaler'])])
-        utils.set_rng_states(state['rng'])
+        runtime.set_rng_states(state['rng'])
         start_iteration, train_seconds = state['iteration'], state['train_seconds']
-        best_psnr = max(state['best_psnr'], utils.best_psnr_in(best_path))
+        best_psnr = max(state['best_psnr'], runtime.best_psnr_in(best_path))
         if is_main:
             print(f"Resuming {config.checkpoint} at iteration {start_iteration}")
     else:
-        utils.refuse_to_overwrite(latest_path, config.overwrite)
+        runtime.refuse_to_overwrite(latest_path, config.overwrite)
         if config.init_weights:
-            utils.load_weights(model, config.init_weights, model_args)
+            runtime.load_weights(model, config.init_weights, model_args)
     if is_main:
         utils.remove_stale_temporaries(config.out_dir)
     model = model.to(device, memory_format=memory_format)
     if world_size > 1:
-        model = utils.wrap_distributed(model, device, config.sync_bn)
+        model = runtime.wrap_distributed(model, device, config.sync_bn)
     train_model = torch.compile(model, mode=config.compile) if config.compile else model
 
     # Data: LR inputs ImageNet-normed, HR targets in [-1, 1] where the paper takes the MSE.
@@ -112,7 +113,7 @@ def main(argv):
         config.data_folder, config.crop_size, config.scaling_factor, config.batch_size, config.iterations,
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
         config.cache_images, config.workers, rank, world_size)
-    monitor = utils.TrainingMonitor('SRResNet', ['loss'], config.iterations, start_iteration, config.print_freq,
+    monitor = runtime.TrainingMonitor('SRResNet', ['loss'], config.iterations, start_iteration, config.print_freq,
                                     config.batch_size * world_size,
                                     os.path.join(config.out_dir, 'log_srresnet.csv') if is_main else None,
                                     train_seconds, device)
@@ -121,14 +122,14 @@ def main(argv):
 
     def save(iteration, path):
         """Write everything exact resumption needs, atomically, with plain (unwrapped) weights."""
-        utils.save_checkpoint({'model': utils.unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
-                               'scaler': scaler.state_dict(), 'rng': utils.rng_states(), 'iteration': iteration,
+        runtime.save_checkpoint({'model': runtime.unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+                               'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
                                'best_psnr': best_psnr, 'train_seconds': monitor.train_seconds,
                                'model_args': model_args, 'config': vars(config)}, path)
 
     model.train()
     for iteration, (lr_imgs, hr_imgs) in enumerate(batches, start=start_iteration + 1):
-        utils.set_learning_rate(optimizer, utils.learning_rate_at(
+        runtime.set_learning_rate(optimizer, runtime.learning_rate_at(
             iteration, config.lr, config.lr_schedule, config.iterations, config.lr_decay_at, config.lr_decay,
             config.warmup_iterations))
         lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)  # (N, 3, 24, 24), ImageNet-normed
@@ -142,7 +143,7 @@ def main(argv):
         scaler.scale(loss).backward()  # fp16 scales the loss up so small gradients survive; bf16 needs no scaling
         if config.grad_clip:
             scaler.unscale_(optimizer)  # clamp the true gradients, not the scaled ones
-            utils.clip_gradient(optimizer, config.grad_clip)
+            runtime.clip_gradient(optimizer, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         monitor.add(loss)
@@ -153,16 +154,16 @@ def main(argv):
                 save(iteration, latest_path)  # first, so a failing validation loses nothing
                 monitor.plot({'training loss (MSE, [-1, 1])': ['loss'], 'validation PSNR (dB)': ['val_psnr']})
             if val_dataset is not None and (iteration % config.val_freq == 0 or iteration == config.iterations):
-                psnr, ssim = utils.validate(model, val_dataset, device, config.scaling_factor)
+                psnr, ssim = runtime.validate(model, val_dataset, device, config.scaling_factor)
                 monitor.report_validation(iteration, config.val_data_name, psnr, ssim)
                 if psnr > best_psnr:
                     best_psnr = psnr
                     save(iteration, best_path)
             monitor.restart_clock()
     monitor.close()
-    utils.cleanup_distributed(model)
-    return {'iteration': config.iterations, 'model': utils.unwrap(model)}
+    runtime.cleanup_distributed(model)
+    return {'iteration': config.iterations, 'model': runtime.unwrap(model)}
 
 
 if __name__ == '__main__':
-    utils.run_script(main, __file__)
+    runtime.run_script(main, __file__)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import train_srresnet
+import runtime
 import utils
 from models import SRResNet
 from test_train import TINY_SRGAN, TINY_SRRESNET, assert_same_state
@@ -82,7 +83,7 @@ def test_sync_batchnorm_saves_plain_batchnorm_keys():
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == 5
     plain = SRResNet(n_blocks=2, n_channels=8)
-    plain.load_state_dict(utils.unwrap(synced).state_dict())  # strict
+    plain.load_state_dict(runtime.unwrap(synced).state_dict())  # strict
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in plain.modules())
 
 

@@ -4,6 +4,7 @@ import os
 import torch
 from PIL import Image
 
+import runtime
 import utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +21,7 @@ def test_shipped_checkpoint_loads_with_weights_only():
 def test_shipped_model_beats_bicubic_on_a_bundled_image():
     """An honest check that the weights are trained: shrink a crop of the example photo 4x,
     restore it with the model and with bicubic, and compare both to the crop (PSNR on Y)."""
-    model, _ = utils.load_sr_model(CHECKPOINT, 'cpu')
+    model, _ = runtime.load_sr_model(CHECKPOINT, 'cpu')
     with Image.open(EXAMPLE) as img:
         hr_img = img.convert('RGB').crop((48, 16, 144, 112))  # 96 x 96, the cat's face
     lr_img = hr_img.resize((24, 24), Image.BICUBIC)

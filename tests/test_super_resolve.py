@@ -1,7 +1,7 @@
 """Tests of super_resolve.py: sizes, tiling against whole-image inference, every image mode, folders
 with bad files, output names that never collide or overwrite, atomic writes, size limits checked
 from the header, the comparison grid and its SRGAN label, the fast inference model against the plain
-one, and errors, plus utils.pil_to_rgb's reading of integer and float images and utils.load_sr_model's
+one, and errors, plus utils.pil_to_rgb's reading of integer and float images and runtime.load_sr_model's
 checks of a checkpoint against its weights.
 
 Tiny random SRResNets (2 blocks, 16 channels) saved to tmp_path stand in for trained ones: a few
@@ -25,6 +25,7 @@ from PIL import Image, ImageFile, ImageFont
 
 import models
 import super_resolve
+import runtime
 import utils
 from models import SRResNet
 
@@ -234,7 +235,7 @@ def test_integer_and_float_greyscale_are_scaled_by_their_range(dtype, values, ex
 
 
 # ----------------------------------------------------------------------------------------------
-# utils.load_sr_model: the checkpoint's file and model_args are checked before building anything
+# runtime.load_sr_model: the checkpoint's file and model_args are checked before building anything
 # ----------------------------------------------------------------------------------------------
 
 def save_raw_checkpoint(path, model_args, state_dict=None):
@@ -264,7 +265,7 @@ def test_model_args_that_disagree_with_the_weights_are_refused_before_building(t
                                                                                changed, mismatch):
     path = save_raw_checkpoint(tmp_path / 'edited.pth', {**MODEL_ARGS, **changed})
     with pytest.raises(ValueError, match=f"{re.escape(path)}: model_args do not match the weights: {mismatch}"):
-        utils.load_sr_model(path)
+        runtime.load_sr_model(path)
 
 
 def test_a_missing_model_args_key_is_its_default_and_checked_too(tmp_path):
@@ -273,9 +274,9 @@ def test_a_missing_model_args_key_is_its_default_and_checked_too(tmp_path):
     path = save_raw_checkpoint(tmp_path / 'old.pth', {'n_blocks': 1, 'n_channels': 8, 'scaling_factor': 2},
                                small_kernels.state_dict())
     with pytest.raises(ValueError, match=r'large_kernel_size=9 \(the default: model_args lacks it\), the weights 5'):
-        utils.load_sr_model(path)
+        runtime.load_sr_model(path)
     # Keys left at their defaults that agree with the weights are fine (the tiny checkpoints rely on it).
-    loaded, _ = utils.load_sr_model(save_model(tmp_path / 'tiny.pth'))
+    loaded, _ = runtime.load_sr_model(save_model(tmp_path / 'tiny.pth'))
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in random_model().parameters())
 
 
@@ -290,7 +291,7 @@ def test_a_missing_model_args_key_is_its_default_and_checked_too(tmp_path):
 def test_model_args_of_unknown_keys_or_non_int_values_are_refused(tmp_path, no_srresnet_built, model_args, message):
     path = save_raw_checkpoint(tmp_path / 'odd.pth', model_args)
     with pytest.raises(ValueError, match=re.escape(path) + '.*' + message):
-        utils.load_sr_model(path)
+        runtime.load_sr_model(path)
 
 
 def test_weights_that_do_not_fit_are_a_value_error_naming_the_file(tmp_path):
@@ -301,14 +302,14 @@ def test_weights_that_do_not_fit_are_a_value_error_naming_the_file(tmp_path):
     for name, weights in cases.items():
         path = save_raw_checkpoint(tmp_path / f'{name}.pth', MODEL_ARGS, weights)
         with pytest.raises(ValueError, match=re.escape(path) + ': the weights do not fit SRResNet'):
-            utils.load_sr_model(path)
+            runtime.load_sr_model(path)
     foreign = save_raw_checkpoint(tmp_path / 'foreign.pth', MODEL_ARGS, {'fc.weight': torch.ones(2, 2)})
     with pytest.raises(ValueError, match=re.escape(foreign) + r": 'model' is not an SRResNet's state_dict"):
-        utils.load_sr_model(foreign)
+        runtime.load_sr_model(foreign)
     # torch.save's pre-1.6 format (a pickle, not a zip) still loads.
     legacy = str(tmp_path / 'legacy.pth')
     torch.save({'model': state_dict, 'model_args': MODEL_ARGS}, legacy, _use_new_zipfile_serialization=False)
-    assert isinstance(utils.load_sr_model(legacy)[0], SRResNet)
+    assert isinstance(runtime.load_sr_model(legacy)[0], SRResNet)
 
 
 def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
@@ -321,7 +322,7 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message):
-            utils.load_sr_model(str(tmp_path / name))
+            runtime.load_sr_model(str(tmp_path / name))
 
 
 # ----------------------------------------------------------------------------------------------
