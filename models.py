@@ -176,7 +176,13 @@ class TruncatedVGG19(nn.Module):
         elif weights:
             if not os.path.isfile(weights):
                 raise FileNotFoundError(f"VGG19 weights file not found: {weights}")
-            state_dict = torch.load(weights, map_location='cpu', weights_only=True)
+            try:
+                state_dict = torch.load(weights, map_location='cpu', weights_only=True)
+            except Exception as error:  # a text file, a torn download: pickle's many errors, one message
+                raise ValueError(f"{weights} is not a VGG19 state_dict file that torch.load can read "
+                                 f"({type(error).__name__}: {error})") from None
+            if not isinstance(state_dict, dict) or not any(key.startswith('features.') for key in state_dict):
+                raise ValueError(f"{weights} is not a VGG19 state_dict: it has no 'features.*' weights")
         # VGG19's convolutional part alone: its 120M-parameter classifier is never used here.
         features = make_layers(cfgs['E'])
         if state_dict is not None:

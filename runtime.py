@@ -192,9 +192,9 @@ def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint
     with open(path, 'rb') as f:
         head = f.read(64)
     if not head:
-        raise ValueError(f"{path} is empty (0 bytes), not a {kind}")
+        raise ValueError(f"{path} is empty (0 bytes), not a checkpoint")
     if head.startswith(b'version https://git-lfs'):
-        raise ValueError(f"{path} is a Git LFS pointer, not the {kind} itself: fetch it with `git lfs pull`")
+        raise ValueError(f"{path} is a Git LFS pointer, not the checkpoint itself: fetch it with `git lfs pull`")
     # torch.save writes a zip archive ('PK'); PyTorch before 1.6 wrote a pickle (protocol 2: b'\x80').
     if not head.startswith((b'PK', b'\x80')):
         what = 'text' if all(32 <= byte < 127 or byte in b'\t\r\n' for byte in head) else 'other data'
@@ -290,8 +290,10 @@ def load_states(path, pairs):
         try:
             target.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{path}: its {type(target).__name__} state does not fit this run: {first_line}") from None
+            # All of it on one line: load_state_dict's first line is only "Error(s) in loading ...:".
+            detail = ' '.join(str(error).split()) or type(error).__name__
+            detail = detail if len(detail) <= 400 else detail[:400] + ' ...'
+            raise ValueError(f"{path}: its {type(target).__name__} state does not fit this run: {detail}") from None
 
 
 def best_psnr_in(path):

@@ -1,33 +1,35 @@
-"""Shared fixtures: tiny generated training and test images, and their data lists."""
+"""Shared fixtures: tiny generated training, validation and test images, their data lists, and a
+tiny trained SRResNet."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from utils import create_data_lists
 
+TINY_SRRESNET_ARGS = ['--crop_size=32', '--n_blocks=2', '--n_channels=8', '--batch_size=2', '--workers=0',
+                      '--device=cpu', '--val_freq=0']
+
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-    """A data folder with train_images.json (6 noisy-gradient images, 36-50 px) and
-    Set5_test_images.json (2 images), as create_data_lists writes them."""
+    """A data folder as create_data_lists writes it: train_images.json (6 noisy-gradient images,
+    36-50 px), val_images.json (1 more, held out of the 7 in train/) and Set5_test_images.json (2)."""
     root = tmp_path_factory.mktemp('tiny_data')
     rng = np.random.default_rng(0)
-    for folder, sizes in (('train', [(36 + 2 * i, 40 + i) for i in range(6)]), ('Set5', [(30, 34), (35, 29)])):
+    for folder, sizes in (('train', [(36 + 2 * i, 40 + i) for i in range(7)]), ('Set5', [(30, 34), (35, 29)])):
         (root / folder).mkdir()
         for i, (width, height) in enumerate(sizes):
             gradient = np.linspace(0, 200, width)[None, :, None] + np.linspace(0, 50, height)[:, None, None]
             pixels = np.clip(gradient + rng.normal(0, 10, (height, width, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / folder / f'{i}.png')
-    create_data_lists([str(root / 'train')], [str(root / 'Set5')], min_size=24, output_folder=str(root))
+    create_data_lists([str(root / 'train')], [str(root / 'Set5')], min_size=24, output_folder=str(root), val_size=1)
     return root
 
 
 @pytest.fixture(scope='session')
 def srresnet_checkpoint(tiny_data, tmp_path_factory):
-    """A tiny SRResNet checkpoint (2 blocks, 8 channels) written by train_srresnet.py itself."""
+    """A tiny SRResNet checkpoint (2 blocks, 8 channels, 2 iterations) written by train_srresnet.py itself."""
     import train_srresnet
     out_dir = tmp_path_factory.mktemp('srresnet')
-    train_srresnet.main(['--crop_size=32', '--n_blocks=2', '--n_channels=8', '--batch_size=2', '--workers=0',
-                         '--device=cpu', '--val_freq=0', f'--data_folder={tiny_data}', f'--out_dir={out_dir}',
-                         '--iterations=2'])
+    train_srresnet.main(TINY_SRRESNET_ARGS + [f'--data_folder={tiny_data}', f'--out_dir={out_dir}', '--iterations=2'])
     return str(out_dir / 'checkpoint_srresnet.pth')
