@@ -192,7 +192,7 @@ def save_random_checkpoint(path, model_args, seed):
     model = random_srresnet(model_args, seed)
     optimizer = torch.optim.Adam(model.parameters())
     runtime.save_checkpoint({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'iteration': 0,
-                           'model_args': model_args, 'config': {}}, path)
+                             'model_args': model_args, 'config': {}}, path)
     return model.state_dict()
 
 
@@ -440,7 +440,8 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         try:
             call_main(module, args)
             log_name = 'log_srresnet.csv' if script == 'train_srresnet.py' else 'log_srgan.csv'
-            return record(name, batch_size, logged_seconds_per_iteration(os.path.join(out_dir, log_name)), script, flags)
+            seconds = logged_seconds_per_iteration(os.path.join(out_dir, log_name))
+            return record(name, batch_size, seconds, script, flags)
         except (Exception, SystemExit) as error:  # an optional row (compile without a compiler, say)
             notes.append(f"{script} {' '.join(flags)} batch {batch_size} failed: {type(error).__name__}: {error}")
             print(f"    note: {notes[-1]}")
@@ -492,7 +493,8 @@ def print_table(results):
                   f"{row['speedup']:>8.2f}x{row['project_gflop_per_s']:>9.1f}{row['max_abs_diff']:>12.1e}")
     training = results.get('training')
     if training:
-        print(f"\n2. Training, {training['crop_size']} px crops, {training['precision']}, {training['timed_iterations']} "
+        print(f"\n2. Training, {training['crop_size']} px crops, {training['precision']}, "
+              f"{training['timed_iterations']} "
               f"timed iterations after {training['warmup_iterations']} warm-up, {training['images']} images from "
               f"{training['image_source']}")
         print(f"   {'run':<34}{'batch':>6}{'ms/it':>9}{'samples/s':>11}{'GFLOP/s':>10}{'of peak':>9}")
@@ -557,7 +559,7 @@ def main(argv):
             ('training', lambda: results.update(training=bench_training(
                 config, device, tmp, checkpoint_path, model_args, macs, notes,
                 lambda training: utils.save_json({**results, 'peak_gflop_per_s': peaks, 'training': training},
-                                                  config.results_file)))),
+                                                 config.results_file)))),
             ('peak', measure_peaks),  # again at the end
         ]
         for name, run in sections:

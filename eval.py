@@ -147,7 +147,7 @@ def main(argv):
     for constant, known in (('models', MODEL_NAMES), ('metrics', METRIC_NAMES)):
         names = getattr(config, constant)
         runtime.require(names and set(names) <= set(known) and len(set(names)) == len(names),
-                      f"{constant} must be distinct names from {known}, got {names}")
+                        f"{constant} must be distinct names from {known}, got {names}")
     device = runtime.pick_device(config.device)
     print(f"Device: {device}")
 

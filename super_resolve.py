@@ -440,8 +440,8 @@ def main(argv):
     runtime.require(config.mode in ('upscale', 'compare'), f"mode must be 'upscale' or 'compare', got {config.mode!r}")
     runtime.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
     runtime.require(config.mode == 'upscale' or config.model == 'srresnet',
-                  "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
-                  "leave --model at 'srresnet'")
+                    "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
+                    "leave --model at 'srresnet'")
     runtime.require(config.tile_size >= 0 and config.tile_overlap >= 0, "tile_size and tile_overlap must be >= 0")
     runtime.require(config.max_output_megapixels > 0, "max_output_megapixels must be > 0")
     runtime.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")

@@ -78,7 +78,7 @@ def main(argv):
     config = runtime.parse_config(globals(), argv)
     runtime.check_training_config(config)
     runtime.require(config.content_loss in ('vgg54', 'vgg22', 'mse'),
-                  f"content_loss must be 'vgg54', 'vgg22' or 'mse', got {config.content_loss!r}")
+                    f"content_loss must be 'vgg54', 'vgg22' or 'mse', got {config.content_loss!r}")
     device, rank, world_size = runtime.setup_distributed(config.device)
     is_main = rank == 0
     autocast_dtype, use_scaler = runtime.amp_settings(device, config.amp)
@@ -94,14 +94,15 @@ def main(argv):
     if config.checkpoint:
         state = runtime.load_checkpoint(config.checkpoint, 'cpu', CHECKPOINT_KEYS, kind='SRGAN checkpoint')
         runtime.require(state['discriminator_args'] == discriminator_args,
-                      f"{config.checkpoint} has a discriminator {state['discriminator_args']}, not {discriminator_args}")
+                        f"{config.checkpoint} has a discriminator {state['discriminator_args']}, "
+                        f"not {discriminator_args}")
         trained_with = state['config'].get('content_loss', 'vgg54')  # older checkpoints: the paper's VGG54
         runtime.require(trained_with == config.content_loss, f"{config.checkpoint} was trained with "
-                      f"content_loss={trained_with!r}, not {config.content_loss!r}: resume with the same")
+                        f"content_loss={trained_with!r}, not {config.content_loss!r}: resume with the same")
     else:
         runtime.refuse_to_overwrite(latest_path, config.overwrite)
         state = runtime.load_checkpoint(config.srresnet_checkpoint, 'cpu', ('model', 'model_args'),
-                                      kind='SRResNet checkpoint')
+                                        kind='SRResNet checkpoint')
     model_args = state['model_args']
     generator = Generator(**model_args)
     discriminator = Discriminator(**discriminator_args)
@@ -121,7 +122,8 @@ def main(argv):
         if is_main:
             print(f"Resuming {config.checkpoint} at iteration {start_iteration}")
     else:
-        runtime.load_states(config.srresnet_checkpoint, [(generator, {k: v.float() for k, v in state['model'].items()})])
+        weights = {name: tensor.float() for name, tensor in state['model'].items()}  # shipped files are float16
+        runtime.load_states(config.srresnet_checkpoint, [(generator, weights)])
         if is_main:
             print(f"Generator initialised from {config.srresnet_checkpoint} (iteration {state['iteration']})")
     del state
@@ -149,10 +151,10 @@ def main(argv):
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
         config.cache_images, config.workers, rank, world_size)
     monitor = runtime.TrainingMonitor('SRGAN', ['content_loss', 'adversarial_loss', 'discriminator_loss'],
-                                    config.iterations, start_iteration, config.print_freq,
-                                    config.batch_size * world_size,
-                                    os.path.join(config.out_dir, 'log_srgan.csv') if is_main else None,
-                                    train_seconds, device)
+                                      config.iterations, start_iteration, config.print_freq,
+                                      config.batch_size * world_size,
+                                      os.path.join(config.out_dir, 'log_srgan.csv') if is_main else None,
+                                      train_seconds, device)
     if is_main:
         print(f"Training batches: {how}")
 
@@ -172,7 +174,7 @@ def main(argv):
     discriminator.train()
     for iteration, (lr_imgs, hr_imgs) in enumerate(batches, start=start_iteration + 1):
         learning_rate = runtime.learning_rate_at(iteration, config.lr, config.lr_schedule, config.iterations,
-                                               config.lr_decay_at, config.lr_decay, config.warmup_iterations)
+                                                 config.lr_decay_at, config.lr_decay, config.warmup_iterations)
         runtime.set_learning_rate(optimizer_g, learning_rate)
         runtime.set_learning_rate(optimizer_d, learning_rate)
         lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)  # (N, 3, 24, 24), ImageNet-normed

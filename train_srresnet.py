@@ -89,7 +89,7 @@ def main(argv):
     if config.checkpoint:
         state = runtime.load_training_checkpoint(config.checkpoint, CHECKPOINT_KEYS, 'SRResNet checkpoint', model_args)
         runtime.load_states(config.checkpoint, [(model, state['model']), (optimizer, state['optimizer']),
-                                              (scaler, state['scaler'])])
+                                                (scaler, state['scaler'])])
         runtime.set_rng_states(state['rng'])
         start_iteration, train_seconds = state['iteration'], state['train_seconds']
         best_psnr = max(state['best_psnr'], runtime.best_psnr_in(best_path))
@@ -97,6 +97,8 @@ def main(argv):
             print(f"Resuming {config.checkpoint} at iteration {start_iteration}")
     else:
         runtime.refuse_to_overwrite(latest_path, config.overwrite)
+        if is_main and os.path.exists(best_path):
+            os.remove(best_path)  # an earlier run's (--overwrite): its best_psnr would outlive this run's
         if config.init_weights:
             runtime.load_weights(model, config.init_weights, model_args)
     if is_main:
@@ -114,18 +116,18 @@ def main(argv):
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
         config.cache_images, config.workers, rank, world_size)
     monitor = runtime.TrainingMonitor('SRResNet', ['loss'], config.iterations, start_iteration, config.print_freq,
-                                    config.batch_size * world_size,
-                                    os.path.join(config.out_dir, 'log_srresnet.csv') if is_main else None,
-                                    train_seconds, device)
+                                      config.batch_size * world_size,
+                                      os.path.join(config.out_dir, 'log_srresnet.csv') if is_main else None,
+                                      train_seconds, device)
     if is_main:
         print(f"Training batches: {how}")
 
     def save(iteration, path):
         """Write everything exact resumption needs, atomically, with plain (unwrapped) weights."""
         runtime.save_checkpoint({'model': runtime.unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
-                               'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
-                               'best_psnr': best_psnr, 'train_seconds': monitor.train_seconds,
-                               'model_args': model_args, 'config': vars(config)}, path)
+                                 'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
+                                 'best_psnr': best_psnr, 'train_seconds': monitor.train_seconds,
+                                 'model_args': model_args, 'config': vars(config)}, path)
 
     model.train()
     for iteration, (lr_imgs, hr_imgs) in enumerate(batches, start=start_iteration + 1):

@@ -287,7 +287,8 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, val_
         min_size: images whose smaller side is below this are left out.
         output_folder: where the lists go (created if needed).
         val_size: images of the training folders held out into val_images.json, to choose
-            checkpoints and recipes with (the test sets are for reporting only).
+            checkpoints and recipes with (the test sets are for reporting only). 0 holds none
+            out, and removes an earlier val_images.json from output_folder.
         val_seed: picks the held-out images; the same folders and seed give the same split on
             any machine, since the choice is made on the sorted list.
 
@@ -328,6 +329,10 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, val_
         name = f"{os.path.basename(os.path.normpath(folder))}_test_images.json"
         lists[name] = paths
         notes[name] = f", skipped {n_small} smaller than {min_size} px and {n_bad} unreadable files"
+    stale_val_list = os.path.join(output_folder, 'val_images.json')
+    if train_folders and not val_size and os.path.isfile(stale_val_list):
+        os.remove(stale_val_list)  # an earlier split's: its images are training images now
+        print(f"Removed {stale_val_list}: val_size=0 holds no images out of training")
     for list_name, paths in lists.items():
         with atomic_write(os.path.join(output_folder, list_name), 'w') as f:
             json.dump(paths, f, indent=0)

@@ -1,8 +1,9 @@
-"""Tests of the core: models.py, utils.py, datasets.py and create_data_lists.py.
+"""Tests of the core: models.py, utils.py, datasets.py, runtime.py and create_data_lists.py.
 
 Each piece is held against an independent reference where one exists: the paper's parameter
 counts, the published luma formula, PSNR written out in NumPy, Pillow's own bicubic resize.
-CPU only, no network, no data outside the repository; about half a minute on two cores.
+(The device-side training stream has its own file, test_data_stream.py.) CPU only, no network,
+no data outside the repository; about half a minute on two cores.
 
     python -m pytest -q tests/test_core.py
 """
@@ -24,11 +25,13 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import create_data_lists as create_data_lists_script
+import runtime
 import utils
-from datasets import ResumableSampler, SRDataset
+from datasets import ResumableSampler, SRDataset, data_list_path, read_data_list
 from models import Discriminator, Generator, SRResNet, TruncatedVGG19, fold_batchnorm
-from utils import (AverageMeter, ImageTransforms, adjust_learning_rate, clip_gradient, compute_psnr_ssim,
-                   convert_image, load_checkpoint, load_sr_model, parse_config, save_checkpoint, unwrap)
+from runtime import (ConfigError, clip_gradient, learning_rate_at, load_checkpoint, load_sr_model, parse_config,
+                     save_checkpoint, set_learning_rate, unwrap)
+from utils import ImageTransforms, compute_psnr_ssim, convert_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -443,10 +446,12 @@ def test_create_data_lists_with_several_train_folders_and_the_script(tmp_path, c
     lists = tmp_path / 'lists'
     with pytest.warns(UserWarning):
         create_data_lists_script.main([f"--train_folders={[str(train), str(extra) + os.sep]!r}",
-                                       f"--test_folders={[str(test)]!r}", '--min_size=100',
+                                       f"--test_folders={[str(test)]!r}", '--min_size=100', '--val_size=2',
                                        f"--output_folder={lists}"])
     train_list = json.loads((lists / 'train_images.json').read_text())
-    assert train_list == sorted([str(train / name) for name in kept] + [str(extra / '0_first.webp')])
+    val_list = json.loads((lists / 'val_images.json').read_text())
+    assert len(val_list) == 2 and len(train_list) == len(kept) - 1  # of the 6 usable images
+    assert sorted(train_list + val_list) == sorted([str(train / name) for name in kept] + [str(extra / '0_first.webp')])
     assert (lists / 'Set5_test_images.json').is_file()
 
 
@@ -456,6 +461,60 @@ def test_create_data_lists_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(missing)):
         utils.create_data_lists([str(train)], [str(test), missing], min_size=100, output_folder=str(tmp_path / 'lists'))
     assert not (tmp_path / 'lists').exists()  # refused before writing anything
+
+
+def test_create_data_lists_holds_out_a_validation_split(tmp_path, capsys):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for i in range(12):
+        textured_image(20, 18, seed=i).save(folder / f'{i:02d}.png')
+    every_image = sorted(str(folder / f'{i:02d}.png') for i in range(12))
+
+    def split(val_seed, output):
+        counts = utils.create_data_lists([str(folder)], [], min_size=16, output_folder=str(tmp_path / output),
+                                         val_size=4, val_seed=val_seed)
+        assert counts == {'train_images.json': 8, 'val_images.json': 4}
+        train, val = (json.loads((tmp_path / output / name).read_text())
+                      for name in ('train_images.json', 'val_images.json'))
+        return train, val
+
+    train, val = split(0, 'a')
+    assert len(val) == 4 and not set(train) & set(val) and sorted(train + val) == every_image
+    assert train == sorted(train) and val == sorted(val)
+    assert split(0, 'b') == (train, val)  # the same seed, the same split
+    other_train, other_val = split(1, 'c')
+    assert set(other_val) != set(val) and sorted(other_train + other_val) == every_image
+    assert 'val_images.json: 4 images held out' in capsys.readouterr().out
+    for val_size in (12, 13):
+        with pytest.raises(ValueError, match=f'val_size {val_size} leaves no training images .*12 usable'):
+            utils.create_data_lists([str(folder)], [], min_size=16, output_folder=str(tmp_path / 'd'),
+                                    val_size=val_size)
+    assert not (tmp_path / 'd').exists()
+    # No hold-out: no val list, not even an earlier split's, whose images are training images now.
+    assert utils.create_data_lists([str(folder)], [], 16, str(tmp_path / 'a')) == {'train_images.json': 12}
+    assert sorted(os.listdir(tmp_path / 'a')) == ['train_images.json']
+    # The script refuses a negative size.
+    with pytest.raises(ConfigError, match='val_size must be >= 0'):
+        create_data_lists_script.main([f"--train_folders={[str(folder)]!r}", '--test_folders=[]', '--val_size=-1'])
+
+
+def test_read_data_list_checks_every_file_up_front(tmp_path):
+    assert data_list_path('data', 'train') == os.path.join('data', 'train_images.json')
+    assert data_list_path('data', 'val') == os.path.join('data', 'val_images.json')
+    assert data_list_path('data', 'Set14') == os.path.join('data', 'Set14_test_images.json')
+    images = [tmp_path / f'{i}.png' for i in range(3)]
+    for i, path in enumerate(images):
+        textured_image(8, 8, seed=i).save(path)
+    list_path = tmp_path / 'val_images.json'
+    list_path.write_text(json.dumps([str(path) for path in images]))
+    assert read_data_list(str(list_path)) == [str(path) for path in images]
+    images[1].unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f'names 1 missing file(s), first {images[1]}')):
+        read_data_list(str(list_path))
+    for content, message in (('[]', 'is empty'), ('{"a": 1}', 'must be a JSON list'), ('[1, 2', 'not valid JSON')):
+        list_path.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            read_data_list(str(list_path))
 
 
 def assert_imagenet_normed(lr_img):
@@ -603,16 +662,22 @@ def test_parse_config_overrides_by_type(capsys):
 ])
 def test_parse_config_refuses_unknown_keys_and_wrong_types(argument, key):
     namespace = script_globals()
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(ConfigError, match=f"--{key}|'{key}'"):  # raised, for run_script to print as one line
         parse_config(namespace, [argument])
-    assert key in str(error.value.code)
-    assert error.value.code not in (0, None)
     assert namespace['batch_size'] == 16 and namespace['lr'] == 1e-4
 
 
 def test_parse_config_refuses_malformed_arguments():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--key=value, got 'batch_size=8'"):
         parse_config(script_globals(), ['batch_size=8'])
+    assert issubclass(ConfigError, ValueError)  # what run_script turns into `script: error: ...`
+
+
+def test_parse_config_help_lists_the_constants(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(script_globals(), ['--help'])
+    assert exit_info.value.code == 0
+    assert "--test_folders=['data/Set5']" in capsys.readouterr().out
 
 
 def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
@@ -657,6 +722,104 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     torch.save({'model': nn.Linear(2, 2)}, pickled_module)  # a module object: weights_only refuses it
     with pytest.raises(ValueError, match=re.escape(pickled_module)):
         load_checkpoint(pickled_module)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(ValueError, match=re.escape(f'{empty} is empty (0 bytes), not a checkpoint')):
+        load_checkpoint(str(empty))
+    notes = tmp_path / 'notes.pth'
+    notes.write_text('lr 1e-4, 16 blocks\n')
+    with pytest.raises(ValueError, match=re.escape(f"{notes} is not a PyTorch checkpoint: it holds text")):
+        load_checkpoint(str(notes))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing outputs safely
+# ----------------------------------------------------------------------------------------------
+
+def failing_midway(write_some):
+    """A stand-in for a writer that puts some bytes into its file, then dies (a full disk, a kill)."""
+    def fail(*args, **kwargs):
+        write_some(*args, **kwargs)
+        raise OSError(28, 'No space left on device')
+    return fail
+
+
+def test_save_json_and_save_image_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    json_path, png_path = tmp_path / 'results.json', tmp_path / 'photo.png'
+    utils.save_json({'psnr': 30.0}, str(json_path))
+    utils.save_image(textured_image(8, 6, seed=0), str(png_path))
+    before = {path: path.read_bytes() for path in (json_path, png_path)}
+    monkeypatch.setattr(utils.json, 'dump', failing_midway(lambda obj, f, **kwargs: f.write('{"psnr": 1')))
+    with pytest.raises(OSError, match='No space'):
+        utils.save_json({'psnr': 1.0}, str(json_path))
+    monkeypatch.setattr(Image.Image, 'save', failing_midway(lambda img, f, **kwargs: f.write(b'\x89PNG\r\n')))
+    with pytest.raises(OSError, match='No space'):
+        utils.save_image(textured_image(8, 6, seed=1), str(png_path))
+    monkeypatch.undo()
+    assert {path: path.read_bytes() for path in (json_path, png_path)} == before
+    assert sorted(os.listdir(tmp_path)) == ['photo.png', 'results.json']  # no temporary left behind
+    with pytest.raises(ValueError, match="'.xyz' is not an image format"):
+        utils.save_image(textured_image(8, 6, seed=1), str(tmp_path / 'photo.xyz'))
+
+
+def test_training_log_csv_and_plot_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    import matplotlib.figure
+    log_path = tmp_path / 'log.csv'
+    log = runtime.TrainingLog(str(log_path), ['iteration', 'loss', 'val_psnr'])
+    log.log(iteration=1, loss='0.5')
+    log.log(iteration=2, loss='0.25', val_psnr='20.0')
+    log.plot({'loss': ['loss'], 'PSNR': ['val_psnr']})
+    before = {path: path.read_bytes() for path in (log_path, tmp_path / 'log.png')}
+    assert before[log_path].decode().splitlines() == ['iteration,loss,val_psnr', '1,0.5,', '2,0.25,20.0']
+    assert before[tmp_path / 'log.png'].startswith(b'\x89PNG')
+
+    monkeypatch.setattr(runtime.csv.DictWriter, 'writerows',
+                        failing_midway(lambda writer, rows: writer.writerow(rows[0])))
+    with pytest.raises(OSError, match='No space'):
+        log.log(iteration=3, loss='0.125')
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        failing_midway(lambda fig, f, **kwargs: f.write(b'\x89PNG\r\n')))
+    with pytest.raises(OSError, match='No space'):
+        log.plot({'loss': ['loss']})
+    monkeypatch.undo()
+    assert {path: path.read_bytes() for path in before} == before
+    assert sorted(os.listdir(tmp_path)) == ['log.csv', 'log.png']
+
+
+def test_training_log_of_a_resumed_run_drops_rows_after_the_checkpoint(tmp_path):
+    log_path = str(tmp_path / 'log.csv')
+    log = runtime.TrainingLog(log_path, ['iteration', 'loss'])
+    for iteration in range(1, 6):
+        log.log(iteration=iteration, loss=str(iteration))
+    resumed = runtime.TrainingLog(log_path, ['iteration', 'loss'], resume_from=3)  # the checkpoint was at 3
+    resumed.log(iteration=4, loss='new')
+    with open(log_path) as f:
+        assert f.read().splitlines() == ['iteration,loss', '1,1', '2,2', '3,3', '4,new']
+
+
+def finished_pid():
+    """The id of a process that has exited."""
+    process = subprocess.Popen([sys.executable, '-c', 'pass'])
+    process.wait()
+    return process.pid
+
+
+def test_remove_stale_temporaries_keeps_what_live_processes_write(tmp_path):
+    dead = finished_pid()
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        assert sleeper.pid != dead
+        names = {'dead': f'.tmp_{dead}_abc.pth', 'alive': f'.tmp_{sleeper.pid}_def.pth',
+                 'mine': f'.tmp_{os.getpid()}_ghi.csv', 'checkpoint': 'checkpoint_srresnet.pth'}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b'partial')
+        removed = utils.remove_stale_temporaries(str(tmp_path))
+        assert removed == [str(tmp_path / names['dead'])]
+        assert sorted(os.listdir(tmp_path)) == sorted(name for key, name in names.items() if key != 'dead')
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert utils.remove_stale_temporaries(str(tmp_path / 'not_yet_made')) == []
 
 
 def test_load_sr_model_rebuilds_the_network(tmp_path):
@@ -695,24 +858,83 @@ def test_unwrap_strips_wrappers():
     assert unwrap(DataParallelLike(empty)) is empty
 
 
-def test_training_bookkeeping_helpers(capsys):
-    meter = AverageMeter()
-    meter.update(2., n=3)
-    meter.update(6.)
-    assert (meter.val, meter.count, meter.avg) == (6., 4, 3.)
-    parameter = nn.Parameter(torch.zeros(4))
-    optimizer = torch.optim.SGD([parameter], lr=0.1)
+def test_clip_gradient_and_set_learning_rate():
+    parameter, other = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{'params': [parameter]}, {'params': [other], 'lr': 0.5}], lr=0.1)
     parameter.grad = torch.tensor([-5., -0.5, 0.5, 5.])
-    clip_gradient(optimizer, 1.)
-    assert torch.equal(parameter.grad, torch.tensor([-1., -0.5, 0.5, 1.]))
-    adjust_learning_rate(optimizer, 0.1)
-    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.01)
+    clip_gradient(optimizer, 1.)  # `other` has no gradient: left alone
+    assert torch.equal(parameter.grad, torch.tensor([-1., -0.5, 0.5, 1.])) and other.grad is None
+    set_learning_rate(optimizer, 0.01)
+    assert [group['lr'] for group in optimizer.param_groups] == [0.01, 0.01]  # every group
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedules
+# ----------------------------------------------------------------------------------------------
+
+def test_step_schedule_decays_after_decay_at_and_zero_means_never():
+    step = lambda iteration, **kwargs: learning_rate_at(iteration, 1e-3, 'step', 100, **kwargs)
+    assert [step(i, decay_at=0, decay=0.1) for i in (1, 2, 50, 100, 1000)] == [1e-3] * 5
+    assert [step(i, decay_at=40, decay=0.1) for i in (1, 39, 40)] == [1e-3] * 3
+    assert [step(i, decay_at=40, decay=0.1) for i in (41, 100)] == [pytest.approx(1e-4)] * 2
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_monotonically():
+    lrs = [learning_rate_at(i, 1e-3, 'cosine', 200) for i in range(1, 201)]
+    assert lrs[0] == 1e-3
+    assert lrs[100] == pytest.approx(5e-4)  # halfway down at the middle of the run
+    assert 0 <= lrs[-1] < 1e-3 * 1e-3  # about 0 at the end
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize('schedule', ['step', 'cosine'])
+def test_warmup_ramps_linearly_up_to_lr(schedule):
+    lrs = [learning_rate_at(i, 1e-3, schedule, 100, decay_at=50, warmup=4) for i in range(1, 7)]
+    assert lrs[:5] == [pytest.approx(v) for v in (2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3)]
+    assert lrs[5] <= 1e-3
+    with pytest.raises(ConfigError, match="lr_schedule must be 'step' or 'cosine'"):
+        learning_rate_at(1, 1e-3, 'linear', 100)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, precision, randomness
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA: the error cannot happen')
+def test_pick_device_cuda_without_cuda_is_a_clear_config_error():
+    for name in ('cuda', 'cuda:1'):
+        with pytest.raises(ConfigError, match=f"device '{name}' asked for, but this machine has no CUDA GPU"):
+            runtime.pick_device(name)
+
+
+def test_pick_device_names_and_amp_settings():
+    assert runtime.pick_device('cpu') == torch.device('cpu')
+    assert runtime.pick_device('auto').type in ('cuda', 'mps', 'cpu')
+    with pytest.raises(ConfigError, match="'gpu' is not a device name"):
+        runtime.pick_device('gpu')
+    cpu = torch.device('cpu')
+    assert runtime.amp_settings(cpu, 'auto') == (None, False) and runtime.amp_settings(cpu, 'off') == (None, False)
+    assert runtime.amp_settings(cpu, 'bf16') == (torch.bfloat16, False)  # bf16 needs no loss scaling
+    assert runtime.amp_settings(cpu, 'fp16') == (torch.float16, True)
+    with pytest.raises(ValueError, match='amp must be'):
+        runtime.amp_settings(cpu, 'fp8')
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    runtime.seed_everything(3)
+    path = str(tmp_path / 'rng.pth')
+    save_checkpoint({'rng': runtime.rng_states()}, path)
+    draw = lambda: [random.random(), np.random.rand(), torch.rand(1).item()]
+    expected = draw()
+    draw()  # move every generator on
+    runtime.set_rng_states(load_checkpoint(path, required_keys=('rng',))['rng'])
+    assert draw() == expected
 
 
 def test_importing_the_core_has_no_side_effects(tmp_path):
-    code = ("import sys, torch, utils, models, datasets\n"
+    code = ("import sys, torch, utils, models, datasets, runtime\n"
             "assert not torch.cuda.is_initialized()\n"
-            "tensors = [name for module in (utils, models, datasets) for name, value in vars(module).items()\n"
+            "tensors = [name for module in (utils, models, datasets, runtime) for name, value in vars(module).items()\n"
             "           if isinstance(value, torch.Tensor)]\n"
             "assert not tensors, tensors\n"
             "slow = [name for name in ('torchvision', 'skimage', 'matplotlib') if name in sys.modules]\n"
