@@ -3,6 +3,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -71,12 +72,13 @@ def test_macs_per_lr_pixel_counts_the_convolutions():
 
 def test_bench_runs_and_writes_its_json(tmp_path):
     """A tiny run of the whole benchmark (synthetic images, a small model) completes, writes the
-    JSON with every section, and leaves train_srresnet.py's constants as they were."""
+    JSON with every section and a row for each training path, and leaves train_srresnet.py's
+    constants as they were."""
     constants_before = {key: getattr(train_srresnet, key) for key in train_srresnet.__annotations__}
     results_file = tmp_path / 'bench.json'
     results = bench.main([
         '--n_blocks=1', '--n_channels=8', '--inference_sizes=[[12, 10], [20, 14]]', '--inference_repeats=1',
-        '--tile_size=8', '--crop_size=24', '--batch_size=2', '--train_iterations=3', '--plain_workers=0',
+        '--tile_size=8', '--crop_size=24', '--batch_sizes=[2]', '--train_iterations=3', '--plain_workers=0',
         '--train_args=--workers=0', '--srgan=False', '--peak_conv_shape=[1, 8, 16, 16]',
         f'--train_folder={tmp_path / "missing"}', '--synthetic_images=2', f'--results_file={results_file}'])
     written = json.loads(results_file.read_text())
@@ -89,10 +91,21 @@ def test_bench_runs_and_writes_its_json(tmp_path):
         assert row['project_mp_per_s'] > 0 and row['plain_mp_per_s'] > 0 and row['speedup'] > 0
         assert row['max_abs_diff'] <= bench.tolerance
     runs = {run['name']: run for run in written['training']['runs']}
-    assert set(runs) == {'plain reference', 'train_srresnet.py defaults'}
-    project_run = runs['train_srresnet.py defaults']
-    assert project_run['samples_per_s'] > 0 and project_run['speedup_vs_plain'] > 0
+    assert list(runs) == ['plain reference', 'DataLoader', 'device stream'], written['notes']
+    assert all(run['batch_size'] == 2 and run['samples_per_s'] > 0 and run['gflop_per_s'] > 0 for run in runs.values())
+    assert '--data_on_device=off' in runs['DataLoader']['args']
+    assert '--data_on_device=on' in runs['device stream']['args']
+    assert written['training']['timed_iterations'] == 3
     assert written['tiling']['lr_size'] == [20, 14] and written['tiling']['tile_size'] == 8
     assert any('synthetic' in note for note in written['notes'])
-    assert written['peak_gflop_per_s'] > 0
+    assert written['peak_gflop_per_s']['fp32'] > 0
     assert {key: getattr(train_srresnet, key) for key in train_srresnet.__annotations__} == constants_before
+
+
+def test_logged_seconds_per_iteration_skips_the_warm_up_report(tmp_path):
+    log = tmp_path / 'log.csv'
+    log.write_text('iteration,loss,ms_per_iteration,val_psnr\n2,0.5,900.0,\n2,,,20.0\n4,0.4,10.0,\n6,0.3,30.0,\n')
+    assert bench.logged_seconds_per_iteration(str(log)) == pytest.approx(0.020)  # (10 + 30) / 2 ms, not the 900
+    log.write_text('iteration,loss,ms_per_iteration\n2,0.5,900.0\n')
+    with pytest.raises(ValueError, match='1 timed reports; the run needs at least 2'):
+        bench.logged_seconds_per_iteration(str(log))

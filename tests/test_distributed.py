@@ -1,4 +1,5 @@
-"""Both training scripts under torchrun: 2 processes, Gloo on the CPU, tiny generated images."""
+"""Both training scripts under torchrun: 2 processes, Gloo on the CPU, tiny generated images.
+The SRResNet runs take their batches from the device stream, the SRGAN's from a DataLoader."""
 import os
 import socket
 import subprocess
@@ -8,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import train_srresnet
 import runtime
-import utils
+import train_srresnet
 from models import SRResNet
 from test_train import TINY_SRGAN, TINY_SRRESNET, assert_same_state
 
@@ -32,9 +32,10 @@ def torchrun(script, out_dir, args, nproc=2):
 
 
 def test_srresnet_two_processes_end_identical(tiny_data, tmp_path):
-    result = torchrun('train_srresnet', tmp_path, TINY_SRRESNET + [f'--data_folder={tiny_data}', '--iterations=3'])
+    result = torchrun('train_srresnet', tmp_path, TINY_SRRESNET + [f'--data_folder={tiny_data}', '--iterations=3',
+                                                                   '--data_on_device=on'])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'processes: 2' in result.stdout
+    assert 'processes: 2' in result.stdout and 'Training batches: on the cpu' in result.stdout
     assert result.stdout.count('[3/3] loss') == 1  # rank 0 alone prints
     rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
     rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
@@ -60,8 +61,10 @@ def test_srresnet_ranks_draw_different_samples(tiny_data):
 
 def test_srgan_two_processes_end_identical(tiny_data, srresnet_checkpoint, tmp_path):
     result = torchrun('train_srgan', tmp_path, TINY_SRGAN + [f'--data_folder={tiny_data}', '--iterations=2',
-                                                             f'--srresnet_checkpoint={srresnet_checkpoint}'])
+                                                             f'--srresnet_checkpoint={srresnet_checkpoint}',
+                                                             '--data_on_device=off'])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Training batches: DataLoader' in result.stdout
     rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
     rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
     assert_same_state(rank0, rank1)
