@@ -231,11 +231,6 @@ class DeviceTrainStream:
         steps = torch.arange(crop_size, device=device)
         self.grid = (steps.view(-1, 1, 1), steps.view(1, -1, 1), torch.arange(3, device=device).view(1, 1, 3))
 
-    @staticmethod
-    def nbytes(images):
-        """Bytes the images take on the device."""
-        return sum(img.size for img in images)
-
     def batch(self, iteration):
         """(lr_imgs, hr_imgs) of 0-based `iteration`: (N, 3, c/s, c/s) ImageNet-normed and
         (N, 3, c, c) in hr_img_type, float32, on the device. Nothing here waits for the device."""

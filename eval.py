@@ -56,7 +56,6 @@ MODEL_NAMES = ('bicubic', 'srresnet', 'srgan')
 METRIC_NAMES = ('psnr', 'ssim', 'niqe')
 # The smallest image side each metric can measure, after the border crop: SSIM's 7x7 window, NIQE's block.
 MIN_SIDE = {'psnr': 1, 'ssim': 7, 'niqe': utils.NIQE_BLOCK_SIZE}
-TRAINERS = {'srresnet': 'train_srresnet.py', 'srgan': 'train_srgan.py'}
 CONTENT_LOSSES = ('vgg54', 'vgg22', 'mse')  # SRGAN variants, from checkpoint['config']['content_loss']
 # Ledig et al. 2017, (PSNR dB, SSIM) at 4x: Table 2 (bicubic, SRResNet, and SRGAN, which is
 # SRGAN-VGG54), and Table 1 for the other SRGAN variants (Set5 and Set14 only).
@@ -87,8 +86,7 @@ def srgan_key(checkpoint, path):
 def check_sizes(list_path, images, factors, metric_names):
     """Refuse, before any work, an image too small for a metric once cropped for a scaling factor."""
     for path in images:
-        with Image.open(path) as img:
-            width, height = img.size  # from the header: nothing is decoded
+        width, height = utils.image_size(path)  # from the header: nothing is decoded
         for s in factors:
             side = min(width - width % s, height - height % s) - 2 * s  # after the crops to s and the border
             for metric in metric_names:
@@ -162,7 +160,7 @@ def main(argv):
         try:
             model, checkpoint = runtime.load_sr_model(path, device, kind=model_name)
         except (FileNotFoundError, ValueError) as error:
-            raise type(error)(f"{error}. Train one with `python {TRAINERS[model_name]}` and pass it with "
+            raise type(error)(f"{error}. {runtime.train_hint(model_name)} and pass it with "
                               f"--{model_name}_checkpoint=PATH") from None
         key = srgan_key(checkpoint, path) if model_name == 'srgan' else model_name
         rows[key] = (model, 2 ** len(model.subpixel_convolutional_blocks))  # the scale it was trained for

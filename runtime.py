@@ -211,6 +211,14 @@ def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint
     return checkpoint
 
 
+TRAINERS = {'srresnet': 'train_srresnet.py', 'srgan': 'train_srgan.py'}  # the script that makes each kind
+
+
+def train_hint(kind):
+    """What to do about a missing or wrong checkpoint of `kind` ('srresnet' or 'srgan'), for error messages."""
+    return f"Train one with `python {TRAINERS[kind]}`"
+
+
 def load_sr_model(path, device='cpu', kind=''):
     """Rebuild a trained SRResNet or SRGAN generator from its checkpoint, in eval mode.
 

@@ -455,8 +455,7 @@ def main(argv):
     try:
         sr_model, sr_checkpoint = runtime.load_sr_model(config.checkpoint, device, kind=config.model)
     except FileNotFoundError as error:
-        trainer = 'train_srgan.py' if config.model == 'srgan' else 'train_srresnet.py'
-        raise FileNotFoundError(f"{error}. Train a model with `python {trainer}` and pass the checkpoint it writes "
+        raise FileNotFoundError(f"{error}. {runtime.train_hint(config.model)} and pass the checkpoint it writes "
                                 f"with --checkpoint=PATH (the README says where the repository's trained SRResNet "
                                 f"comes from).") from None
     sr_model = prepare_for_inference(sr_model, config.channels_last)
