@@ -35,6 +35,8 @@ import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -293,15 +295,16 @@ def plain_training_seconds(paths, model_args, config, device, batch_size, warmup
     return seconds
 
 
-def call_main(module, argv):
-    """module.main(argv) with its printing captured (shown if it fails). Returns (result, output)."""
-    output = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(output):
-            return module.main(argv), output.getvalue()
-    except BaseException:
-        print(output.getvalue()[-3000:])
-        raise
+def run_script_process(script, argv):
+    """Run `python script argv...` in a fresh process, as a user would, and raise with the tail of
+    its output if it fails. A fresh process per row: no row inherits another's allocator settings
+    (train_*.py tune the C allocator on a CPU), compiled kernels or memory, and none leaks them
+    into the plain reference, which runs in this process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the threads this process uses
+    done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+    if done.returncode:
+        raise RuntimeError(f"{script} exited with {done.returncode}: {(done.stdout + done.stderr)[-3000:]}")
 
 
 def logged_seconds_per_iteration(log_path):
@@ -407,8 +410,6 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     stream at larger batches and under torch.compile; then train_srgan.py. Each project run is
     timed by the ms/iteration its own log records after the first report (the warm-up).
     save_partial(result) is called after every row, so a run cut short keeps what it measured."""
-    import train_srgan
-    import train_srresnet
     iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)
@@ -433,22 +434,18 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         return run
 
     def project_run(name, script, batch_size, flags):
-        module = train_srresnet if script == 'train_srresnet.py' else train_srgan
         out_dir = os.path.join(tmp, f'run{len(result["runs"])}')
         args = common + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
         print(f"  training: {script} batch {batch_size} {' '.join(flags)}")
         try:
-            call_main(module, args)
+            run_script_process(script, args)
             log_name = 'log_srresnet.csv' if script == 'train_srresnet.py' else 'log_srgan.csv'
             seconds = logged_seconds_per_iteration(os.path.join(out_dir, log_name))
             return record(name, batch_size, seconds, script, flags)
-        except (Exception, SystemExit) as error:  # an optional row (compile without a compiler, say)
+        except Exception as error:  # an optional row (compile without a compiler, say)
             notes.append(f"{script} {' '.join(flags)} batch {batch_size} failed: {type(error).__name__}: {error}")
             print(f"    note: {notes[-1]}")
             return None
-        finally:
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
 
     for batch_size in config.batch_sizes:
         print(f"  training: plain reference, batch {batch_size}")

@@ -261,9 +261,13 @@ class ShuffledConv2d(nn.Module):
     r*r-times-smaller image and its kernel is conv's kernel rearranged by phase: each output phase
     reads each input phase at fixed offsets. For the SRResNet's last layer (64 -> 3 channels, 9x9,
     on the largest image) conv' is 256 -> 12 channels, 5x5, on a quarter of the pixels: about 1.2x
-    the arithmetic, in a shape that convolution libraries run several times faster. Its output
-    channels are padded with zero filters to a multiple of `pad_to` (CPU libraries run 16 far
-    better than 12), which are cut off again.
+    the arithmetic, in a shape that convolution libraries run much faster. Its output channels are
+    padded with zero filters to a multiple of `pad_to` (CPU libraries run 16 far better than 12),
+    which are cut off again.
+
+    The module keeps conv's own weight and bias Parameters and rearranges them at every call, which
+    is differentiable and cheap (a gather of ~100k numbers). So a model trains through it, the
+    optimizer keeps updating the same tensors, and the state_dict keys do not change.
 
     Args:
         conv: the nn.Conv2d to replace: stride 1, odd square kernel, padding kernel_size // 2.
@@ -275,41 +279,56 @@ class ShuffledConv2d(nn.Module):
         super().__init__()
         r, k = upscale_factor, conv.kernel_size[0]
         if conv.stride != (1, 1) or conv.padding != (k // 2, k // 2) or conv.kernel_size != (k, k) \
-                or k % 2 == 0 or conv.groups != 1:
+                or k % 2 == 0 or conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("ShuffledConv2d takes a stride-1, 'same'-padded, odd square kernel, ungrouped convolution")
+        self.weight, self.bias = conv.weight, conv.bias  # the same Parameters, under the same names
+        c_out, c_in = conv.out_channels, conv.in_channels
         # HR tap ky of output phase py reads the HR offset d = py + ky - k // 2, which is
         # LR offset d // r of input phase d % r.
         offsets = [p + tap - k // 2 for p in range(r) for tap in range(k)]
         low, high = min(d // r for d in offsets), max(d // r for d in offsets)
         side = high - low + 1  # the small kernel's side: 5 for k = 9, r = 2
-        kernel = conv.weight.new_zeros(conv.out_channels, r, r, conv.in_channels, r, r, side, side)
+        # index[o, py, px, i, qy, qx, sy, sx]: where in weight.flatten() that tap of conv' comes
+        # from; the extra slot weight.numel() holds a zero (taps that read nothing).
+        zero_slot = conv.weight.numel()
+        index = torch.full((c_out, r, r, c_in, r, r, side, side), zero_slot, dtype=torch.long)
+        # (c_out, c_in): where weight[o, i, 0, 0] is in weight.flatten()
+        channel_base = (torch.arange(c_out)[:, None] * c_in + torch.arange(c_in)[None, :]) * k * k
         for py, ky, px, kx in itertools.product(range(r), range(k), range(r), range(k)):
             dy, dx = py + ky - k // 2, px + kx - k // 2
-            kernel[:, py, px, :, dy % r, dx % r, dy // r - low, dx // r - low] = conv.weight.detach()[:, :, ky, kx]
-        self.n_out = conv.out_channels * r * r
+            index[:, py, px, :, dy % r, dx % r, dy // r - low, dx // r - low] = channel_base + ky * k + kx
+        self.n_out = c_out * r * r
         n_padded = -(-self.n_out // pad_to) * pad_to
-        self.conv = nn.Conv2d(conv.in_channels * r * r, n_padded, side)
-        self.conv.to(conv.weight.device, conv.weight.dtype)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[:self.n_out] = kernel.reshape(self.n_out, conv.in_channels * r * r, side, side)
-            self.conv.bias.zero_()
-            self.conv.bias[:self.n_out] = conv.bias.detach().repeat_interleave(r * r)
-        self.conv.padding = (high, high) if -low == high else (0, 0)
+        index = torch.cat([index.reshape(self.n_out, c_in * r * r, side, side),
+                           torch.full((n_padded - self.n_out, c_in * r * r, side, side), zero_slot)])
+        bias_index = torch.cat([torch.arange(c_out).repeat_interleave(r * r),
+                                torch.full((n_padded - self.n_out,), c_out)])  # slot c_out: a zero
+        # Not persistent: derived from the weights' shape, so the state_dict stays conv's.
+        self.register_buffer('kernel_index', index.to(conv.weight.device), persistent=False)
+        self.register_buffer('bias_index', bias_index.to(conv.weight.device), persistent=False)
+        # Odd kernels and r = 2 (the SRResNet) pad alike on both sides, in the convolution; else F.pad.
+        self.conv_padding = high if -low == high else 0
         self.padding = (0, 0, 0, 0) if -low == high else (-low, high, -low, high)  # left, right, top, bottom
         self.upscale_factor = r
 
     def forward(self, x):
         """(N, C_in * r * r, h, w), before the shuffle -> (N, C_out, h * r, w * r)."""
-        # Odd kernels and r = 2 (the SRResNet) pad alike on both sides, in the convolution; else F.pad.
-        output = self.conv(F.pad(x, self.padding) if any(self.padding) else x)  # (N, padded C_out * r * r, h, w)
+        zero = self.weight.new_zeros(1)
+        # (padded C_out * r * r, C_in * r * r, 5, 5): gathered, so gradients flow back to self.weight
+        kernel = torch.cat([self.weight.reshape(-1), zero])[self.kernel_index]
+        bias = None if self.bias is None else torch.cat([self.bias, zero])[self.bias_index]  # (padded C_out * r * r,)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            kernel = kernel.contiguous(memory_format=torch.channels_last)
+        x = F.pad(x, self.padding) if any(self.padding) else x
+        output = F.conv2d(x, kernel, bias, padding=self.conv_padding)  # (N, padded C_out * r * r, h, w)
         return F.pixel_shuffle(output[:, :self.n_out], self.upscale_factor)  # (N, C_out, h * r, w * r)
 
 
 def shuffle_last_convolution(model):
     """Make an SRResNet's last convolution read the last sub-pixel block's output before its pixel
-    shuffle, for inference: the same function up to float rounding, and on a CPU about 2x faster
-    for that layer (a fifth of the whole model's time).
+    shuffle: the same function up to float rounding, and on a CPU about 2x faster for that layer
+    (a fifth of the whole model's time). Used for inference and, since it is differentiable and
+    keeps the same parameters and state_dict keys, for training too.
 
     The block's PReLU has a single parameter, so it commutes with the shuffle: the block keeps its
     convolution and PReLU, and conv_block3's convolution becomes a ShuffledConv2d that shuffles

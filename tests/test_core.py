@@ -20,6 +20,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -28,7 +29,7 @@ import create_data_lists as create_data_lists_script
 import runtime
 import utils
 from datasets import ResumableSampler, SRDataset, data_list_path, read_data_list
-from models import Discriminator, Generator, SRResNet, TruncatedVGG19, fold_batchnorm
+from models import ConvolutionalBlock, Discriminator, Generator, SRResNet, TruncatedVGG19, fold_batchnorm
 from runtime import (ConfigError, clip_gradient, learning_rate_at, load_checkpoint, load_sr_model, parse_config,
                      save_checkpoint, set_learning_rate, unwrap)
 from utils import ImageTransforms, compute_psnr_ssim, convert_image
@@ -963,3 +964,65 @@ def test_shuffled_convolution_and_inplace_activations_keep_the_output():
             actual = fast(lr_imgs)
         assert actual.shape == expected.shape and expected.std() > 0.01
         assert (actual - expected).abs().max() < 1e-5
+
+
+def test_shuffled_last_convolution_trains_the_same_parameters():
+    """In training mode, the shuffled last convolution keeps the plain model's parameters, names
+    and state_dict, and gives the same output and the same gradients for them (the conv biases
+    ahead of a BatchNorm excepted: their true gradient is 0, so both sides are rounding noise)."""
+    from models import ShuffledConv2d, shuffle_last_convolution
+    torch.manual_seed(0)
+    model = SRResNet(n_channels=16, n_blocks=2).train()
+    fast = shuffle_last_convolution(copy.deepcopy(model))
+    assert isinstance(fast.conv_block3.conv_block[0], ShuffledConv2d)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    assert [name for name, _ in fast.named_parameters()] == [name for name, _ in model.named_parameters()]
+    lr_imgs, hr_imgs = torch.randn(3, 3, 12, 12), torch.rand(3, 3, 48, 48) * 2 - 1
+    losses, grads = [], []
+    for net in (model, fast):
+        loss = F.mse_loss(net(lr_imgs), hr_imgs)
+        losses.append(loss.item())
+        grads.append(dict(zip([name for name, _ in net.named_parameters()],
+                              torch.autograd.grad(loss, list(net.parameters())))))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    before_batch_norm = {f'{name}.conv_block.0.bias' for name, module in model.named_modules()
+                         if isinstance(module, ConvolutionalBlock)
+                         and any(isinstance(layer, nn.BatchNorm2d) for layer in module.conv_block)}
+    for name, expected in grads[0].items():
+        if name not in before_batch_norm:
+            assert torch.allclose(grads[1][name], expected, rtol=1e-4, atol=1e-6 * expected.abs().max()), name
+    assert grads[1]['conv_block3.conv_block.0.weight'].abs().max() > 0
+    # What it learns is a plain SRResNet's: its state_dict loads into one and computes the same.
+    plain = SRResNet(n_channels=16, n_blocks=2).eval()
+    plain.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain(lr_imgs), fast.eval()(lr_imgs), atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="the allocator setting is glibc's, on Linux")
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_allocations():
+    """After runtime.keep_freed_memory, the large tensors of a repeated "step" reuse the memory
+    the last step freed: no page faults once it has settled, where the default allocator faults
+    every page in again each step. Run in fresh processes, so this one keeps glibc's defaults."""
+    code = ("import resource, sys, torch, runtime\n"
+            "took = runtime.keep_freed_memory() if sys.argv[1] == 'keep' else None\n"
+            "def step():\n"  # a training step's large activations (MiB), allocated, filled and freed
+            "    tensors = [torch.empty(size << 20, dtype=torch.uint8).fill_(1) for size in (36, 20, 36, 48)]\n"
+            "for _ in range(6):\n"
+            "    step()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(2):\n"
+            "    step()\n"
+            "print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = {}
+    for mode in ('default', 'keep'):
+        result = subprocess.run([sys.executable, '-c', code, mode], capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, PYTHONPATH=REPO))
+        assert result.returncode == 0, result.stderr
+        took, faults[mode] = result.stdout.split()
+        faults[mode] = int(faults[mode])
+    if took != 'True':
+        pytest.skip("this C library has no glibc mallopt")
+    pages = 2 * (36 + 20 + 36 + 48) * 256  # 4 KiB pages allocated in the two measured steps
+    assert faults['default'] > pages // 2  # glibc's default maps, faults in and unmaps them every time
+    assert faults['keep'] < pages // 50
