@@ -31,6 +31,7 @@ disagree stop the script with an error after the results are written.
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import platform
@@ -70,7 +71,9 @@ tile_size: int = 0  # tiles for section 4, in LR px (0 = super_resolve.py's defa
 batch_sizes: list = [16, 64]  # training batches timed on every path (paper: 16)
 gpu_batch_sizes: list = [128, 256, 512]  # on a GPU, also these for the device path: the best one is kept
 compile_modes: list = ['default', 'reduce-overhead']  # on a GPU, torch.compile modes tried at the best batch
+compile_batch_sizes: list = [128]  # on a GPU, also try them here (launch-bound batches gain most from graphs)
 train_iterations: int = 0  # timed iterations per training run, after as many warm-up ones (0 = 4 on a CPU, 60 on a GPU)
+train_rounds: int = 0  # rounds of the batch_sizes rows, interleaved; each row's median counts (0 = 3 on a CPU, 1 on a GPU)
 train_images: int = 200  # images of train_folder to train on (speed does not depend on how many)
 plain_workers: int = 4  # DataLoader workers of the plain training pipeline (the tutorial's 4)
 train_args: str = ''  # extra --key=value overrides for every train_srresnet.py / train_srgan.py run
@@ -407,7 +410,9 @@ def training_images(config, tmp, notes):
 def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes, save_partial):
     """Section 2: samples per second of each training path (the plain reference; train_srresnet.py
     with a DataLoader and with the device stream) at each batch size, and on a GPU the device
-    stream at larger batches and under torch.compile; then train_srgan.py. Each project run is
+    stream at larger batches and under torch.compile (at the fastest batch and compile_batch_sizes);
+    the device stream with the plain last convolution, for what the shuffled one buys; then
+    train_srgan.py. Each project run is
     timed by the ms/iteration its own log records after the first report (the warm-up).
     save_partial(result) is called after every row, so a run cut short keeps what it measured."""
     iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
@@ -421,20 +426,25 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
               f'--print_freq={warmup}', '--val_freq=0', '--save_freq=1000000000', f'--device={device}',
               f'--seed={config.seed}', '--overwrite=True'] + config.train_args.split()
     model_flags = [f'--{key}={value}' for key, value in model_args.items()]
+    run_numbers = itertools.count()  # each project run's own out_dir
 
     def record(name, batch_size, seconds, script, args):
-        samples = batch_size / seconds
+        """Add a timing to its row (made at the first), whose figures are its rounds' median."""
+        run = next((run for run in result['runs'] if (run['name'], run['batch_size']) == (name, batch_size)), None)
+        if run is None:
+            run = {'name': name, 'batch_size': batch_size, 'script': script, 'args': args, 'round_seconds': []}
+            result['runs'].append(run)
+        run['round_seconds'].append(seconds)
+        samples = batch_size / float(np.median(run['round_seconds']))
         gflops = 3 * 2 * macs * lr_pixels * samples / 1e9 if script != 'train_srgan.py' else None
-        run = {'name': name, 'batch_size': batch_size, 'script': script, 'args': args,
-               'seconds_per_iteration': seconds, 'samples_per_s': samples, 'gflop_per_s': gflops}
-        result['runs'].append(run)
+        run.update(seconds_per_iteration=batch_size / samples, samples_per_s=samples, gflop_per_s=gflops)
         save_partial(result)
         print(f"    {name}, batch {batch_size}: {seconds * 1000:.1f} ms/iteration, {samples:.1f} samples/s"
               + (f", {gflops:.0f} GFLOP/s" if gflops else ''))
         return run
 
     def project_run(name, script, batch_size, flags):
-        out_dir = os.path.join(tmp, f'run{len(result["runs"])}')
+        out_dir = os.path.join(tmp, f'run{next(run_numbers)}')
         args = common + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
         print(f"  training: {script} batch {batch_size} {' '.join(flags)}")
         try:
@@ -447,12 +457,18 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
             print(f"    note: {notes[-1]}")
             return None
 
-    for batch_size in config.batch_sizes:
-        print(f"  training: plain reference, batch {batch_size}")
-        record('plain reference', batch_size, plain_training_seconds(paths, model_args, config, device, batch_size,
-                                                                     warmup, iterations), 'bench.py', [])
-        project_run('DataLoader', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=off'])
-        project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
+    # Rounds of the rows in turn: a machine that slows down for a while slows every row alike.
+    for _ in range(config.train_rounds or (1 if device.type == 'cuda' else 3)):
+        for batch_size in config.batch_sizes:
+            print(f"  training: plain reference, batch {batch_size}")
+            record('plain reference', batch_size, plain_training_seconds(
+                paths, model_args, config, device, batch_size, warmup, iterations), 'bench.py', [])
+            project_run('DataLoader', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=off'])
+            project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
+        # What the shuffled last convolution buys: the same run with the plain one (on a GPU, at its best batch).
+        if device.type != 'cuda':
+            project_run('device stream, plain last conv', 'train_srresnet.py', config.batch_sizes[0],
+                        model_flags + ['--data_on_device=on', '--shuffled_last_conv=False'])
     if config.srgan:
         for batch_size in config.srgan_batch_sizes:
             for content_loss in ('mse', 'vgg54'):
@@ -466,9 +482,12 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         if device_runs:
             best = max(device_runs, key=lambda run: run['samples_per_s'])
             result['best_batch_size'] = best['batch_size']
-            for mode in config.compile_modes:
-                project_run(f'device stream + compile {mode}', 'train_srresnet.py', best['batch_size'],
-                            model_flags + ['--data_on_device=on', f'--compile={mode}'])
+            project_run('device stream, plain last conv', 'train_srresnet.py', best['batch_size'],
+                        model_flags + ['--data_on_device=on', '--shuffled_last_conv=False'])
+            for batch_size in sorted({best['batch_size'], *config.compile_batch_sizes}):
+                for mode in config.compile_modes:
+                    project_run(f'device stream + compile {mode}', 'train_srresnet.py', batch_size,
+                                model_flags + ['--data_on_device=on', f'--compile={mode}'])
     return result
 
 

@@ -149,7 +149,7 @@ def keep_freed_memory():
     its own mapping, and unmaps it when it is freed. A training step frees and re-allocates the
     same large activations every iteration, so on a CPU each step page-faults them back in,
     zero-filled, 4 KiB at a time: about 75,000 faults per SRResNet step at batch 16, which cost
-    8% of the step on a 2-core EPYC. With large blocks taken from the heap and the heap never trimmed, the
+    about a tenth of the step on a 2-core EPYC. With large blocks taken from the heap and the heap never trimmed, the
     next step reuses the memory the last one freed. The process keeps its peak memory instead of
     returning it between steps; what is learned does not change.
     """

@@ -78,7 +78,8 @@ def test_bench_runs_and_writes_its_json(tmp_path):
     results_file = tmp_path / 'bench.json'
     results = bench.main([
         '--n_blocks=1', '--n_channels=8', '--inference_sizes=[[12, 10], [20, 14]]', '--inference_repeats=1',
-        '--tile_size=8', '--crop_size=24', '--batch_sizes=[2]', '--train_iterations=3', '--plain_workers=0',
+        '--tile_size=8', '--crop_size=24', '--batch_sizes=[2]', '--train_iterations=3', '--train_rounds=2',
+        '--plain_workers=0',
         '--train_args=--workers=0', '--srgan=False', '--peak_conv_shape=[1, 8, 16, 16]',
         f'--train_folder={tmp_path / "missing"}', '--synthetic_images=2', f'--results_file={results_file}'])
     written = json.loads(results_file.read_text())
@@ -91,10 +92,15 @@ def test_bench_runs_and_writes_its_json(tmp_path):
         assert row['project_mp_per_s'] > 0 and row['plain_mp_per_s'] > 0 and row['speedup'] > 0
         assert row['max_abs_diff'] <= bench.tolerance
     runs = {run['name']: run for run in written['training']['runs']}
-    assert list(runs) == ['plain reference', 'DataLoader', 'device stream'], written['notes']
+    assert list(runs) == ['plain reference', 'DataLoader', 'device stream', 'device stream, plain last conv'], \
+        written['notes']
     assert all(run['batch_size'] == 2 and run['samples_per_s'] > 0 and run['gflop_per_s'] > 0 for run in runs.values())
+    for run in runs.values():  # two rounds each, and the row's figure is their median
+        assert len(run['round_seconds']) == 2
+        assert run['seconds_per_iteration'] == pytest.approx(np.median(run['round_seconds']))
     assert '--data_on_device=off' in runs['DataLoader']['args']
     assert '--data_on_device=on' in runs['device stream']['args']
+    assert '--shuffled_last_conv=False' in runs['device stream, plain last conv']['args']
     assert written['training']['timed_iterations'] == 3
     assert written['tiling']['lr_size'] == [20, 14] and written['tiling']['tile_size'] == 8
     assert any('synthetic' in note for note in written['notes'])
