@@ -73,7 +73,7 @@ gpu_batch_sizes: list = [128, 256, 512]  # on a GPU, also these for the device p
 compile_modes: list = ['default', 'reduce-overhead']  # on a GPU, torch.compile modes tried at the best batch
 compile_batch_sizes: list = [128]  # on a GPU, also try them here (launch-bound batches gain most from graphs)
 train_iterations: int = 0  # timed iterations per training run, after as many warm-up ones (0 = 4 on a CPU, 60 on a GPU)
-train_rounds: int = 0  # rounds of the batch_sizes rows, interleaved; each row's median counts (0 = 3 on a CPU, 1 on a GPU)
+train_rounds: int = 0  # rounds of the batch_sizes rows, in turn; a row's median counts (0 = 3 on a CPU, 1 on a GPU)
 train_images: int = 200  # images of train_folder to train on (speed does not depend on how many)
 plain_workers: int = 4  # DataLoader workers of the plain training pipeline (the tutorial's 4)
 train_args: str = ''  # extra --key=value overrides for every train_srresnet.py / train_srgan.py run
@@ -412,9 +412,9 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     with a DataLoader and with the device stream) at each batch size, and on a GPU the device
     stream at larger batches and under torch.compile (at the fastest batch and compile_batch_sizes);
     the device stream with the plain last convolution, for what the shuffled one buys; then
-    train_srgan.py. Each project run is
-    timed by the ms/iteration its own log records after the first report (the warm-up).
-    save_partial(result) is called after every row, so a run cut short keeps what it measured."""
+    train_srgan.py. Each project run is timed by the ms/iteration its own log records after the
+    first report (the warm-up). save_partial(result) is called after every row, so a run cut
+    short keeps what it measured."""
     iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)

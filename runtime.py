@@ -145,13 +145,13 @@ def keep_freed_memory():
     """Make the C allocator keep freed memory for reuse instead of handing it back to the system
     (glibc on Linux; elsewhere this does nothing). Returns whether it took effect.
 
-    By default glibc gives each large block (over 128 KiB at first, up to 32 MiB as it adapts)
-    its own mapping, and unmaps it when it is freed. A training step frees and re-allocates the
-    same large activations every iteration, so on a CPU each step page-faults them back in,
-    zero-filled, 4 KiB at a time: about 75,000 faults per SRResNet step at batch 16, which cost
-    about a tenth of the step on a 2-core EPYC. With large blocks taken from the heap and the heap never trimmed, the
-    next step reuses the memory the last one freed. The process keeps its peak memory instead of
-    returning it between steps; what is learned does not change.
+    By default glibc gives each large block (over 128 KiB at first, up to 32 MiB as it adapts) its
+    own mapping, and unmaps it when it is freed. A training step frees and re-allocates the same
+    large activations every iteration, so on a CPU each step page-faults them back in, zero-filled,
+    4 KiB at a time: about 75,000 faults per SRResNet step at batch 16, which cost about a tenth of
+    the step on a 2-core EPYC. With large blocks taken from the heap and the heap never trimmed,
+    the next step reuses the memory the last one freed. The process keeps its peak memory instead
+    of returning it between steps; what is learned does not change.
     """
     if not sys.platform.startswith('linux'):
         return False
@@ -244,6 +244,12 @@ def train_hint(kind):
     return f"Train one with `python {TRAINERS[kind]}`"
 
 
+def weights_key(checkpoint):
+    """Where a checkpoint keeps its SRResNet weights: 'model' (SRResNet checkpoints), else
+    'generator' (SRGAN checkpoints; the caller checks that the key is there)."""
+    return 'model' if 'model' in checkpoint else 'generator'
+
+
 def load_sr_model(path, device='cpu', kind=''):
     """Rebuild a trained SRResNet or SRGAN generator from its checkpoint, in eval mode.
 
@@ -263,7 +269,7 @@ def load_sr_model(path, device='cpu', kind=''):
     if kind not in names:
         raise ValueError(f"kind must be '', 'srresnet' or 'srgan', got {kind!r}")
     checkpoint = load_checkpoint(path, map_location='cpu', required_keys=('model_args',), kind=names[kind])
-    key = {'srresnet': 'model', 'srgan': 'generator'}.get(kind) or ('model' if 'model' in checkpoint else 'generator')
+    key = {'srresnet': 'model', 'srgan': 'generator'}.get(kind) or weights_key(checkpoint)
     if key not in checkpoint or (kind == 'srresnet' and 'generator' in checkpoint):
         raise ValueError(f"{path} is not an {names[kind]}: it has the keys {sorted(checkpoint)} (SRResNet "
                          f"checkpoints hold 'model', SRGAN checkpoints 'generator')")
@@ -340,7 +346,7 @@ def load_weights(model, path, model_args):
     """Initialise `model` from the SRResNet or generator weights of any of this project's
     checkpoints (training or shipped), leaving the optimizer fresh: the fine-tuning start."""
     state = load_checkpoint(path, 'cpu', ('model_args',), kind='checkpoint to initialise from')
-    key = 'model' if 'model' in state else 'generator'
+    key = weights_key(state)
     if key not in state:
         raise ValueError(f"{path} holds no 'model' or 'generator' weights (it has {sorted(state)})")
     if state['model_args'] != model_args:
@@ -354,7 +360,7 @@ def export_for_inference(path, out_path):
     model_args, iteration, config, best_psnr and train_seconds; no optimizer, no discriminator.
     Returns out_path."""
     state = load_checkpoint(path, 'cpu', ('model_args', 'iteration', 'config'), kind='training checkpoint')
-    key = 'model' if 'model' in state else 'generator'
+    key = weights_key(state)
     small = {key: {name: tensor.half() if tensor.is_floating_point() else tensor
                    for name, tensor in state[key].items()}}
     small.update({name: state[name] for name in ('model_args', 'iteration', 'config', 'best_psnr', 'train_seconds')
@@ -399,7 +405,7 @@ def wrap_distributed(model, device, sync_bn):
 
     SyncBatchNorm computes batch statistics over every process's batch, which matters when each
     process holds only a few images. PyTorch runs it on GPUs only, so on the CPU it is refused.
-    The wrapped model's plain module (utils.unwrap) still saves plain BatchNorm keys.
+    The wrapped model's plain module (unwrap) still saves plain BatchNorm keys.
     """
     if sync_bn:
         if device.type != 'cuda':
