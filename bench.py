@@ -14,8 +14,10 @@ repeats interleaved, so a machine busy with something else slows both alike):
 2. Training: samples per second of a whole train_srresnet.py iteration (data pipeline, forward,
    backward, Adam step) at its own defaults, and of the plain reference pipeline: a Dataset that
    decodes the image file for every sample, Pillow crop and bicubic downscale, torchvision-style
-   to-tensor, NCHW eager float32. On a GPU, also fp32 NCHW against AMP + channels_last (+ compile).
-   Then one train_srgan.py iteration (random VGG19 weights: speed does not depend on them).
+   to-tensor, NCHW eager float32. The project's rows compute in what the scripts' amp='auto' picks
+   (bf16 autocast on a GPU and on a CPU with AMX, where a float32 row shows what it buys); on a GPU
+   also larger batches and torch.compile. Then one train_srgan.py iteration (random VGG19 weights:
+   speed does not depend on them).
 3. Utilisation: the GFLOP/s those rates mean (SRResNet x4 costs 2,218,176 multiply-accumulates
    per LR pixel, 2 FLOPs each; a training step counts 3x the forward), next to the peak of a large
    channels_last 3x3 convolution measured here.
@@ -154,6 +156,12 @@ def measure_peak_gflops(device, shape, dtype=torch.float32, seconds=1.0):
             if spent > seconds and i >= 3:
                 break
     return flops / best / 1e9
+
+
+def training_precision(device):
+    """'bf16', 'fp16' or 'fp32': what the training scripts' amp='auto' computes in on `device`."""
+    dtype, _ = runtime.amp_settings(device, 'auto')
+    return {torch.bfloat16: 'bf16', torch.float16: 'fp16', None: 'fp32'}[dtype]
 
 
 def device_name(device):
@@ -419,7 +427,7 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)
     lr_pixels = (config.crop_size // config.scaling_factor) ** 2
-    precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
+    precision = training_precision(device)
     result = {'warmup_iterations': warmup, 'timed_iterations': iterations, 'crop_size': config.crop_size,
               'images': len(paths), 'image_source': source, 'precision': precision, 'runs': []}
     common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
@@ -469,6 +477,10 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         if device.type != 'cuda':
             project_run('device stream, plain last conv', 'train_srresnet.py', config.batch_sizes[0],
                         model_flags + ['--data_on_device=on', '--shuffled_last_conv=False'])
+            # What bf16 buys on a CPU with AMX: the same run in float32.
+            if precision != 'fp32':
+                project_run('device stream, fp32', 'train_srresnet.py', config.batch_sizes[0],
+                            model_flags + ['--data_on_device=on', '--amp=off'])
     if config.srgan:
         for batch_size in config.srgan_batch_sizes:
             for content_loss in ('mse', 'vgg54'):
@@ -556,8 +568,9 @@ def main(argv):
                'peak_gflop_per_s': None, 'tiling': None, 'notes': []}
     notes, peaks = results['notes'], {}
     precisions = {'fp32': torch.float32}
-    if device.type == 'cuda' and torch.cuda.is_bf16_supported():
-        precisions['bf16'] = torch.bfloat16
+    autocast_dtype, _ = runtime.amp_settings(device, 'auto')
+    if autocast_dtype is not None:  # the training rows' yardstick is a peak in their own precision
+        precisions[training_precision(device)] = autocast_dtype
 
     def measure_peaks():  # the best of every measurement: one is easily cut short on a busy machine
         for name, dtype in precisions.items():

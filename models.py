@@ -344,6 +344,58 @@ def shuffle_last_convolution(model):
     return model
 
 
+class _SingleSlopePReLU(torch.autograd.Function):
+    """prelu(x, slope) for one slope, whose backward is written with a leaky ReLU's backward."""
+
+    @staticmethod
+    def forward(ctx, x, slope):
+        ctx.save_for_backward(x, slope)
+        return F.prelu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, slope = ctx.saved_tensors
+        # d/dx: grad where x > 0, else slope * grad; the same numbers as aten's prelu backward.
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, slope.item(), False)
+        # d/d slope: the sum of grad * min(x, 0), accumulated in float32 (like aten's sum of a bf16 tensor).
+        grad_slope = (grad * x.clamp(max=0)).sum(dtype=torch.float32)
+        return grad_x, grad_slope.to(slope.dtype).reshape(slope.shape)
+
+
+class CPUFastPReLU(nn.PReLU):
+    """nn.PReLU with one slope, the same parameter and state_dict, whose backward runs 3-6x faster
+    on a CPU.
+
+    On a CPU, aten's PReLU backward works element by element without vectorising: in an SRResNet
+    training step under bf16 autocast it took a third of the whole step (a 2-core Xeon with AMX).
+    The leaky ReLU's backward and a sum compute the same derivatives with vectorised kernels. It
+    reads the slope as a Python number, a host sync that a GPU should not pay, so on other
+    devices, and for per-channel slopes, this is nn.PReLU unchanged.
+    """
+
+    def forward(self, x):
+        if x.device.type != 'cpu' or self.num_parameters != 1:
+            return super().forward(x)
+        # What autocast would do to prelu (it computes prelu in the autocast dtype), done here,
+        # since autocast does not look inside a custom autograd Function's inputs.
+        dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+        with torch.autocast('cpu', enabled=False):
+            return _SingleSlopePReLU.apply(x.to(dtype), self.weight.to(dtype))
+
+
+def fast_prelu_backward(model):
+    """Turn every single-slope nn.PReLU of a model into a CPUFastPReLU, for training on a CPU: the
+    same function, parameters and state_dict keys, and the same gradients (the slope's up to the
+    order of a float32 sum). Works in place and returns the model."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.PReLU and child.num_parameters == 1:
+                fast = CPUFastPReLU(1)
+                fast.weight = child.weight  # the same Parameter, so an optimizer made before still updates it
+                setattr(module, name, fast)
+    return model
+
+
 def inplace_activations(model):
     """Replace every single-parameter PReLU by a LeakyReLU of the same slope that works in place,
     for inference: the same numbers, without allocating a second copy of each activation (on a

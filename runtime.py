@@ -121,16 +121,36 @@ def pick_device(name='auto'):
     return device
 
 
+def cpu_has_bf16_matrix_units():
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids and later).
+
+    There, oneDNN runs bf16 convolutions on the tile units, and an SRResNet training step under
+    bf16 autocast takes about half the time of float32 (measured on a 2-core Xeon with AMX). On a
+    CPU without bf16 instructions it ran 10x slower than float32 (a Zen 3 EPYC), so bf16 is only
+    chosen where AMX is. torch exposes the test privately (torch.cpu._is_amx_tile_supported);
+    a torch without it counts as no AMX.
+    """
+    is_supported = getattr(torch.cpu, '_is_amx_tile_supported', None)
+    try:
+        return bool(is_supported and is_supported())
+    except RuntimeError:  # a torch built without the check's CPU support
+        return False
+
+
 def amp_settings(device, amp):
     """(autocast dtype or None, use a GradScaler?): the one place precision is decided.
 
     amp: 'auto' is bf16 on CUDA cards that support it, else fp16 with a GradScaler (fp16's narrow
-    range needs loss scaling, bf16's does not), and off elsewhere; 'bf16', 'fp16' and 'off' force
-    a choice (both run on the CPU too, which is how the tests exercise the mixed-precision paths).
+    range needs loss scaling, bf16's does not); bf16 on a CPU with bf16 matrix units (AMX), which
+    runs it twice as fast as float32; off elsewhere. 'bf16', 'fp16' and 'off' force a choice (both
+    run on any CPU too, which is how the tests exercise the mixed-precision paths). Validation and
+    inference stay in float32 whatever this says.
     """
     if amp not in ('auto', 'bf16', 'fp16', 'off'):
         raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
     if amp == 'auto':
+        if device.type == 'cpu' and cpu_has_bf16_matrix_units():
+            return torch.bfloat16, False
         if device.type != 'cuda':
             return None, False
         amp = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import datasets
 import runtime
 import utils
-from models import Discriminator, Generator, TruncatedVGG19, shuffle_last_convolution
+from models import Discriminator, Generator, TruncatedVGG19, fast_prelu_backward, shuffle_last_convolution
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -62,7 +62,7 @@ val_data_name: str = 'val'  # validation list: 'val' (held out of training) or a
 print_freq: int = 100  # iterations between log lines
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
-amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
+amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, bf16 on AMX CPUs, else off), 'bf16', 'fp16', 'off'
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 shuffled_last_conv: bool = True  # last 9x9 conv run before the last pixel shuffle: same maths and weights, faster
 compile: str = ''  # torch.compile mode for the networks: '' (off), 'default', 'reduce-overhead', 'max-autotune'
@@ -135,6 +135,8 @@ def main(argv):
 
     if config.shuffled_last_conv:  # the same parameters under the same names: checkpoints do not change
         shuffle_last_convolution(generator)
+    if device.type == 'cpu':  # the same gradients, without aten's slow CPU PReLU backward
+        fast_prelu_backward(generator)
     generator = generator.to(device, memory_format=memory_format)
     discriminator = discriminator.to(device, memory_format=memory_format)
     if world_size > 1:

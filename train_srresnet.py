@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import datasets
 import runtime
 import utils
-from models import SRResNet, shuffle_last_convolution
+from models import SRResNet, fast_prelu_backward, shuffle_last_convolution
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -55,7 +55,7 @@ val_data_name: str = 'val'  # validation list: 'val' (held out of training) or a
 print_freq: int = 100  # iterations between log lines
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
-amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, off on CPU), 'bf16', 'fp16', 'off'
+amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, bf16 on AMX CPUs, else off), 'bf16', 'fp16', 'off'
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 shuffled_last_conv: bool = True  # last 9x9 conv run before the last pixel shuffle: same maths and weights, faster
 compile: str = ''  # torch.compile mode: '' (off), 'default', 'reduce-overhead' (+ CUDA graphs), 'max-autotune'
@@ -108,6 +108,8 @@ def main(argv):
         utils.remove_stale_temporaries(config.out_dir)
     if config.shuffled_last_conv:  # the same parameters under the same names: checkpoints do not change
         shuffle_last_convolution(model)
+    if device.type == 'cpu':  # the same gradients, without aten's slow CPU PReLU backward
+        fast_prelu_backward(model)
     model = model.to(device, memory_format=memory_format)
     if world_size > 1:
         model = runtime.wrap_distributed(model, device, config.sync_bn)

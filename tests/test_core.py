@@ -914,11 +914,25 @@ def test_pick_device_names_and_amp_settings():
     with pytest.raises(ConfigError, match="'gpu' is not a device name"):
         runtime.pick_device('gpu')
     cpu = torch.device('cpu')
-    assert runtime.amp_settings(cpu, 'auto') == (None, False) and runtime.amp_settings(cpu, 'off') == (None, False)
+    assert runtime.amp_settings(cpu, 'off') == (None, False)
     assert runtime.amp_settings(cpu, 'bf16') == (torch.bfloat16, False)  # bf16 needs no loss scaling
     assert runtime.amp_settings(cpu, 'fp16') == (torch.float16, True)
     with pytest.raises(ValueError, match='amp must be'):
         runtime.amp_settings(cpu, 'fp8')
+
+
+@pytest.mark.parametrize('has_amx', [True, False])
+def test_auto_precision_on_a_cpu_is_bf16_only_with_amx(monkeypatch, has_amx):
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
+    expected = (torch.bfloat16, False) if has_amx else (None, False)
+    assert runtime.amp_settings(torch.device('cpu'), 'auto') == expected
+    assert runtime.amp_settings(torch.device('cpu'), 'off') == (None, False)  # a forced choice still wins
+
+
+def test_amx_check_answers_no_where_torch_cannot_tell(monkeypatch):
+    assert runtime.cpu_has_bf16_matrix_units() in (True, False)
+    monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported', raising=False)  # an older torch
+    assert runtime.cpu_has_bf16_matrix_units() is False
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
@@ -997,6 +1011,52 @@ def test_shuffled_last_convolution_trains_the_same_parameters():
     plain.load_state_dict(fast.state_dict())
     with torch.no_grad():
         assert torch.allclose(plain(lr_imgs), fast.eval()(lr_imgs), atol=1e-5)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_fast_prelu_backward_trains_the_same_parameters_with_the_same_gradients(autocast):
+    """fast_prelu_backward keeps the model's Parameters (an optimizer made before still updates
+    them) and state_dict keys, and gives the same loss and gradients, in float32 and under bf16
+    autocast (what train_srresnet.py runs on an AMX CPU). Every gradient but the slopes' goes
+    through the input gradient, which is the same numbers as aten's; a slope's is a sum, whose
+    order may differ by a rounding."""
+    from models import CPUFastPReLU, fast_prelu_backward, shuffle_last_convolution
+    torch.manual_seed(0)
+    model = shuffle_last_convolution(SRResNet(n_channels=16, n_blocks=2)).train()
+    for module in model.modules():
+        if isinstance(module, nn.PReLU):  # slopes of their own, so a mix-up between them would show
+            module.weight.data.uniform_(0.05, 0.5)
+    fast = copy.deepcopy(model)
+    parameters = list(fast.parameters())
+    fast_prelu_backward(fast)
+    assert all(a is b for a, b in zip(fast.parameters(), parameters))
+    assert list(fast.state_dict()) == list(model.state_dict())
+    # The first block's, one in each residual block, one in each of the two x2 sub-pixel blocks.
+    assert sum(isinstance(module, CPUFastPReLU) for module in fast.modules()) == 1 + 2 + 2
+    lr_imgs, hr_imgs = torch.randn(3, 3, 12, 12), torch.rand(3, 3, 48, 48) * 2 - 1
+    losses, grads = [], []
+    for net in (model, fast):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            sr_imgs = net(lr_imgs)
+        loss = F.mse_loss(sr_imgs.float(), hr_imgs)
+        losses.append(loss)
+        grads.append(dict(zip([name for name, _ in net.named_parameters()],
+                              torch.autograd.grad(loss, list(net.parameters())))))
+    assert torch.equal(losses[0], losses[1])
+    slopes = {name + '.weight' for name, module in model.named_modules() if isinstance(module, nn.PReLU)}
+    for name, expected in grads[0].items():
+        if name in slopes:
+            assert torch.allclose(grads[1][name], expected, rtol=1e-2 if autocast else 1e-5), name
+        else:
+            assert torch.equal(grads[1][name], expected), name
+    assert all(grads[1][name].abs().item() > 0 for name in slopes)
+
+
+def test_fast_prelu_backward_leaves_per_channel_prelus_alone():
+    from models import CPUFastPReLU, fast_prelu_backward
+    model = nn.Sequential(nn.PReLU(4), nn.PReLU())
+    fast_prelu_backward(model)
+    assert type(model[0]) is nn.PReLU and isinstance(model[1], CPUFastPReLU)
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason="the allocator setting is glibc's, on Linux")
