@@ -357,9 +357,9 @@ class _SingleSlopePReLU(torch.autograd.Function):
         x, slope = ctx.saved_tensors
         # d/dx: grad where x > 0, else slope * grad; the same numbers as aten's prelu backward.
         grad_x = torch.ops.aten.leaky_relu_backward(grad, x, slope.item(), False)
-        # d/d slope: the sum of grad * min(x, 0), accumulated in float32 (like aten's sum of a bf16 tensor).
-        grad_slope = (grad * x.clamp(max=0)).sum(dtype=torch.float32)
-        return grad_x, grad_slope.to(slope.dtype).reshape(slope.shape)
+        # d/d slope: the sum of grad * min(x, 0) (torch accumulates a bf16 sum in float32).
+        grad_slope = (grad * x.clamp(max=0)).sum()
+        return grad_x, grad_slope.reshape(slope.shape)
 
 
 class CPUFastPReLU(nn.PReLU):
