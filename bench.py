@@ -159,9 +159,10 @@ def measure_peak_gflops(device, shape, dtype=torch.float32, seconds=1.0):
 
 
 def training_precision(device):
-    """'bf16', 'fp16' or 'fp32': what the training scripts' amp='auto' computes in on `device`."""
+    """(name, autocast dtype or None): what the training scripts' amp='auto' computes in on
+    `device`, the name 'bf16', 'fp16' or 'fp32'."""
     dtype, _ = runtime.amp_settings(device, 'auto')
-    return {torch.bfloat16: 'bf16', torch.float16: 'fp16', None: 'fp32'}[dtype]
+    return {torch.bfloat16: 'bf16', torch.float16: 'fp16', None: 'fp32'}[dtype], dtype
 
 
 def device_name(device):
@@ -427,7 +428,7 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)
     lr_pixels = (config.crop_size // config.scaling_factor) ** 2
-    precision = training_precision(device)
+    precision, _ = training_precision(device)
     result = {'warmup_iterations': warmup, 'timed_iterations': iterations, 'crop_size': config.crop_size,
               'images': len(paths), 'image_source': source, 'precision': precision, 'runs': []}
     common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
@@ -568,9 +569,9 @@ def main(argv):
                'peak_gflop_per_s': None, 'tiling': None, 'notes': []}
     notes, peaks = results['notes'], {}
     precisions = {'fp32': torch.float32}
-    autocast_dtype, _ = runtime.amp_settings(device, 'auto')
+    precision, autocast_dtype = training_precision(device)
     if autocast_dtype is not None:  # the training rows' yardstick is a peak in their own precision
-        precisions[training_precision(device)] = autocast_dtype
+        precisions[precision] = autocast_dtype
 
     def measure_peaks():  # the best of every measurement: one is easily cut short on a busy machine
         for name, dtype in precisions.items():
