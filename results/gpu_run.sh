@@ -1,6 +1,8 @@
 #!/bin/bash
 # Kept as the record of how results/bench_gpu_*.json, results/gpu_train_log.txt and the shipped
 # checkpoints/srresnet_x4.pth (stage 1; stage 2 is in the README) were made on one H200 lease.
+# It ran on the code before commit 09c61a7, which moved export_for_inference from utils.py to
+# runtime.py: to run it again, call runtime.export_for_inference in its two export lines.
 # The one prepared device command: bench the training paths, train the SRResNet, then the
 # SRGAN-MSE from it, and export both. Everything it keeps goes to $OUT. It ends by DEADLINE s.
 # env: OUT, TRAIN_ROOT, DEVICE, DEADLINE (s after start), QUICK (1: a rehearsal with tiny runs)
