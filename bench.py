@@ -475,7 +475,7 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
             project_run('DataLoader', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=off'])
             project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
         # What the shuffled last convolution buys: the same run with the plain one (on a GPU, at its best batch).
-        if device.type != 'cuda':
+        if device.type != 'cuda' and config.batch_sizes:  # `--batch_sizes=[]` times no SRResNet rows here
             project_run('device stream, plain last conv', 'train_srresnet.py', config.batch_sizes[0],
                         model_flags + ['--data_on_device=on', '--shuffled_last_conv=False'])
             # What bf16 buys on a CPU with AMX: the same run in float32.

@@ -4,6 +4,7 @@
     python train_srgan.py --vgg19_weights=/path/vgg19-dcbb9e9d.pth  # VGG19 weights from a file
     python train_srgan.py --content_loss=mse                        # SRGAN-MSE: needs no VGG19
     python train_srgan.py --checkpoint=runs/srgan/checkpoint_srgan.pth   # resume
+    python train_srgan.py --snapshots=True                          # keep each checkpoint's generator
     torchrun --nproc_per_node=4 train_srgan.py                      # several GPUs (see the README)
 
 Each iteration makes two updates:
@@ -57,6 +58,7 @@ out_dir: str = 'runs/srgan'  # checkpoints, log and plot go here
 checkpoint: str = ''  # SRGAN checkpoint to resume from ('' = start from srresnet_checkpoint)
 overwrite: bool = False  # start fresh even if out_dir holds an earlier run's checkpoint (it is replaced)
 save_freq: int = 1000  # iterations between checkpoints
+snapshots: bool = False  # also keep each checkpoint's generator as out_dir/generator_ITERATION.pth (float16)
 val_freq: int = 1000  # iterations between validations (0 = never); PSNR is logged, not used to choose
 val_data_name: str = 'val'  # validation list: 'val' (held out of training) or a test set name
 print_freq: int = 100  # iterations between log lines
@@ -233,6 +235,9 @@ def main(argv):
             monitor.report(iteration, learning_rate, list(generator.parameters()) + list(discriminator.parameters()))
             if is_main and (iteration % config.save_freq == 0 or iteration == config.iterations):
                 save(iteration, latest_path)  # first, so a failing validation loses nothing
+                if config.snapshots:  # a GAN is chosen among these by looking and by NIQE, not by PSNR
+                    snapshot = os.path.join(config.out_dir, f'generator_{iteration:06d}.pth')  # sorts by iteration
+                    runtime.export_for_inference(latest_path, snapshot)
                 monitor.plot({'generator losses': ['content_loss', 'adversarial_loss'],
                               'discriminator loss': ['discriminator_loss'], 'validation PSNR (dB)': ['val_psnr']})
             if val_dataset is not None and (iteration % config.val_freq == 0 or iteration == config.iterations):

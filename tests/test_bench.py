@@ -119,3 +119,14 @@ def test_logged_seconds_per_iteration_skips_the_warm_up_report(tmp_path):
     log.write_text('iteration,loss,ms_per_iteration\n2,0.5,900.0\n')
     with pytest.raises(ValueError, match='1 timed reports; the run needs at least 2'):
         bench.logged_seconds_per_iteration(str(log))
+
+
+def test_bench_with_no_srresnet_batches_times_nothing_and_fails_nothing(tmp_path):
+    """`--batch_sizes=[]` (how results/gpu_run.sh asks for the SRGAN and compile rows alone) leaves
+    the CPU's SRResNet rows out instead of failing the whole training section."""
+    results = bench.main([
+        '--sections=training', '--n_blocks=1', '--n_channels=8', '--crop_size=24', '--batch_sizes=[]',
+        '--train_iterations=3', '--train_args=--workers=0', '--srgan=False', f'--train_folder={tmp_path / "missing"}',
+        '--synthetic_images=2', f'--results_file={tmp_path / "bench.json"}'])
+    assert results['training']['runs'] == []
+    assert not any('failed' in note for note in results['notes']), results['notes']

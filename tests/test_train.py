@@ -121,6 +121,24 @@ def test_srgan_command_line_run(tiny_data, srresnet_checkpoint, tmp_path):
     rows = read_log(tmp_path / 'log_srgan.csv')
     assert all(rows[0][field] for field in ('content_loss', 'adversarial_loss', 'discriminator_loss'))
     assert (tmp_path / 'log_srgan.png').is_file()
+    assert not list(tmp_path.glob('generator_*.pth'))  # snapshots are off by default
+
+
+def test_srgan_snapshots_are_each_checkpoints_generator_in_float16(tiny_data, srresnet_checkpoint, tmp_path):
+    train_srgan.main(TINY_SRGAN_ANY_LOSS + [f'--data_folder={tiny_data}', f'--out_dir={tmp_path}', '--content_loss=mse',
+                                            f'--srresnet_checkpoint={srresnet_checkpoint}', '--iterations=4',
+                                            '--save_freq=2', '--snapshots=True'])
+    assert sorted(path.name for path in tmp_path.glob('generator_*.pth')) == ['generator_000002.pth',
+                                                                              'generator_000004.pth']
+    first, last = load(tmp_path / 'generator_000002.pth'), load(tmp_path / 'generator_000004.pth')
+    assert (first['iteration'], last['iteration']) == (2, 4) and 'discriminator' not in last
+    trained = load(tmp_path / 'checkpoint_srgan.pth')['generator']
+    assert last['generator'].keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert torch.equal(last['generator'][name], tensor.half() if tensor.is_floating_point() else tensor)
+    assert not same_weights(first['generator'], last['generator'])  # two iterations apart: two models
+    model, _ = runtime.load_sr_model(tmp_path / 'generator_000002.pth', kind='srgan')  # what eval.py takes
+    assert not model.training
 
 
 @pytest.mark.parametrize('content_loss, data_on_device', [('vgg22', 'off'), ('mse', 'on')])
