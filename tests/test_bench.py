@@ -122,8 +122,8 @@ def test_logged_seconds_per_iteration_skips_the_warm_up_report(tmp_path):
 
 
 def test_bench_with_no_srresnet_batches_times_nothing_and_fails_nothing(tmp_path):
-    """`--batch_sizes=[]` (how results/gpu_run.sh asks for the SRGAN and compile rows alone) leaves
-    the CPU's SRResNet rows out instead of failing the whole training section."""
+    """`--batch_sizes=[]` (to time the SRGAN or the GPU's larger batches alone) leaves the CPU's
+    SRResNet rows out instead of failing the whole training section."""
     results = bench.main([
         '--sections=training', '--n_blocks=1', '--n_channels=8', '--crop_size=24', '--batch_sizes=[]',
         '--train_iterations=3', '--train_args=--workers=0', '--srgan=False', f'--train_folder={tmp_path / "missing"}',
