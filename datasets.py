@@ -8,7 +8,9 @@
   processes stay out of the way.
 
 Both streams are pure functions of (seed, sample position), so a resumed run sees exactly the
-samples it would have seen. They draw different crops from the same seed.
+samples it would have seen. They draw different crops from the same seed. Both make the LR crop
+with degradation 'bicubic' (the paper's clean bicubic shrink) or 'realistic' (degradations.py:
+blur, resizes, noise and JPEG, twice, drawn from the same (seed, position)).
 """
 import concurrent.futures
 import json
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+import degradations
 import utils
 
 
@@ -49,6 +52,11 @@ def read_data_list(path):
         raise FileNotFoundError(f"data list {path} names {len(missing)} missing file(s), first {missing[0]} "
                                 f"(run create_data_lists.py again)")
     return images
+
+
+def sample_key(seed, position):
+    """The integer that decides the crop and the degradation of training sample `position`."""
+    return seed * 1_000_000_007 + position
 
 
 def decode_rgb(path):
@@ -99,21 +107,26 @@ class SRDataset(Dataset):
             An epoch then costs no file decoding; the cache is shared with DataLoader workers
             (forked after it is filled). Needs about 3 bytes per pixel of the whole set.
         augment: training crops get a random flip / 90-degree turn (not in the paper).
+        degradation: how the LR image is made from the HR one: 'bicubic' (Pillow's bicubic
+            shrink, the paper's protocol) or 'realistic' (degradations.degrade). A test image's
+            realistic degradation is keyed by its file name, so it is the same in every run.
 
     Items: dataset[i] takes a random crop from Python's `random`; dataset[(i, seed)] takes the
-    crop (and augmentation) that `seed` picks, which is how ResumableSampler makes a run
-    reproducible.
+    crop (and augmentation, and degradation) that `seed` picks, which is how ResumableSampler
+    makes a run reproducible.
     """
 
     def __init__(self, data_folder, split, crop_size, scaling_factor, lr_img_type, hr_img_type,
-                 test_data_name=None, cache_images=False, augment=False):
+                 test_data_name=None, cache_images=False, augment=False, degradation='bicubic'):
         if split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if split == 'test' and not test_data_name:
             raise ValueError("split 'test' needs a test_data_name such as 'Set5'")
+        degradations.check_degradation(degradation)
         self.images = read_data_list(data_list_path(data_folder, 'train' if split == 'train' else test_data_name))
         self.split = split
         self.augment = augment and split == 'train'
+        self.degradation = degradation
         self.transform = utils.ImageTransforms(split, crop_size, scaling_factor, lr_img_type, hr_img_type)
         self.cache = decode_all(self.images) if cache_images else None
 
@@ -133,7 +146,16 @@ class SRDataset(Dataset):
         hr_img = Image.fromarray(array[top:bottom, left:right])
         if self.augment:
             hr_img = dihedral_pil(hr_img, rng.randrange(8))
-        return self.transform.to_pair(hr_img)
+        if self.degradation == 'bicubic':
+            return self.transform.to_pair(hr_img)
+        if self.split == 'test':
+            key = os.path.basename(self.images[index])
+        else:
+            key = rng.getrandbits(64) if seed is None else seed
+        hr = utils.convert_image(hr_img, source='pil', target='[0, 1]')  # (3, H, W)
+        lr = degradations.degrade(hr.unsqueeze(0), [key], self.transform.scaling_factor)[0]  # (3, H/s, W/s)
+        return (utils.convert_image(lr, source='[0, 1]', target=self.transform.lr_img_type),
+                utils.convert_image(hr, source='[0, 1]', target=self.transform.hr_img_type))
 
 
 class ResumableSampler(Sampler):
@@ -168,7 +190,7 @@ class ResumableSampler(Sampler):
                     epoch = position // self.n_images
                     generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
                     permutation = torch.randperm(self.n_images, generator=generator).tolist()
-                yield permutation[position % self.n_images], self.seed * 1_000_000_007 + position
+                yield permutation[position % self.n_images], sample_key(self.seed, position)
 
 
 _MASK32 = 0xFFFFFFFF
@@ -202,17 +224,20 @@ class DeviceTrainStream:
         device: where the images live and the batches are made.
         hr_img_type: convert_image target of the HR crops ('[-1, 1]', 'imagenet-norm').
         augment: random flips and 90-degree turns of each HR crop, before it is shrunk.
+        degradation: 'bicubic' or 'realistic' (see SRDataset).
         rank, world_size: this process's share of the stream under torchrun.
 
     Sample position p is in epoch p // n: each epoch visits every image once, in an order made by
     sorting hashed keys, and the crop corner and augmentation of p are hashes of p. The LR crop
-    is utils.pillow_bicubic_resize of the HR crop: the bytes Pillow would give.
+    is utils.pillow_bicubic_resize of the HR crop (the bytes Pillow would give), or the realistic
+    degradation keyed by sample_key(seed, p), the key the DataLoader path uses too.
     """
 
     def __init__(self, images, crop_size, scaling_factor, batch_size, seed, device, hr_img_type='[-1, 1]',
-                 augment=False, rank=0, world_size=1):
+                 augment=False, rank=0, world_size=1, degradation='bicubic'):
         if crop_size % scaling_factor:
             raise ValueError(f"crop_size {crop_size} must divide by scaling_factor {scaling_factor}")
+        degradations.check_degradation(degradation)
         too_small = [i for i, img in enumerate(images) if min(img.shape[:2]) < crop_size]
         if too_small:
             raise ValueError(f"{len(too_small)} training image(s) are smaller than crop_size {crop_size}, "
@@ -221,6 +246,7 @@ class DeviceTrainStream:
         self.n_images, self.crop_size, self.scaling_factor = len(images), crop_size, scaling_factor
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.hr_img_type, self.augment, self.rank, self.world_size = hr_img_type, augment, rank, world_size
+        self.degradation = degradation
         sizes = [img.size for img in images]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         # One flat uint8 buffer holds every image; an image is (offset, height, width).
@@ -255,9 +281,13 @@ class DeviceTrainStream:
         hr_imgs = self.pixels[flat].permute(0, 3, 1, 2)  # (N, 3, c, c) uint8
         if self.augment:
             hr_imgs = dihedral_tensor(hr_imgs, stream_hash(self.seed, 4, positions) % 8)
-        lr_side = c // self.scaling_factor
-        lr_imgs = utils.pillow_bicubic_resize(hr_imgs, (lr_side, lr_side))  # (N, 3, c/s, c/s) uint8
-        lr_imgs = utils.convert_image(lr_imgs.float() / 255., '[0, 1]', 'imagenet-norm')  # (N, 3, c/s, c/s)
+        if self.degradation == 'bicubic':
+            lr_side = c // self.scaling_factor
+            lr_imgs = utils.pillow_bicubic_resize(hr_imgs, (lr_side, lr_side)).float() / 255.  # (N, 3, c/s, c/s)
+        else:
+            keys = [sample_key(self.seed, p) for p in range(first, first + self.batch_size)]
+            lr_imgs = degradations.degrade(hr_imgs.float() / 255., keys, self.scaling_factor)  # (N, 3, c/s, c/s)
+        lr_imgs = utils.convert_image(lr_imgs, '[0, 1]', 'imagenet-norm')  # (N, 3, c/s, c/s)
         hr_imgs = utils.convert_image(hr_imgs.float() / 255., '[0, 1]', self.hr_img_type)  # (N, 3, c, c)
         return lr_imgs, hr_imgs
 
@@ -287,14 +317,15 @@ def device_fits(n_bytes, device):
 
 def training_batches(data_folder, crop_size, scaling_factor, batch_size, iterations, seed, start_iteration,
                      device, hr_img_type, augment=False, data_on_device='auto', cache_images=True, workers=0,
-                     rank=0, world_size=1):
+                     rank=0, world_size=1, degradation='bicubic'):
     """The training batches of iterations [start_iteration, iterations), from the device stream
     or from a DataLoader, as data_on_device says: 'auto' (on the device when the decoded set
     fits, else a DataLoader, with the reason printed), 'on' or 'off'.
 
     Returns (iterator of (lr_imgs, hr_imgs), description). The DataLoader's batches are on the
-    CPU (pinned on CUDA machines); the caller moves them.
+    CPU (pinned on CUDA machines); the caller moves them. degradation: see SRDataset.
     """
+    degradations.check_degradation(degradation)
     if data_on_device not in ('auto', 'on', 'off'):
         raise ValueError(f"data_on_device must be 'auto', 'on' or 'off', got {data_on_device!r}")
     reason = "data_on_device='off'"
@@ -304,20 +335,22 @@ def training_batches(data_folder, crop_size, scaling_factor, batch_size, iterati
         fits, reason = device_fits(n_bytes, device)
         if fits or data_on_device == 'on':
             stream = DeviceTrainStream(decode_all(paths), crop_size, scaling_factor, batch_size, seed, device,
-                                       hr_img_type, augment, rank, world_size)
+                                       hr_img_type, augment, rank, world_size, degradation)
             return stream.batches(start_iteration, iterations), f"on the {device.type} ({len(paths)} images, {reason})"
     dataset = SRDataset(data_folder, 'train', crop_size, scaling_factor, 'imagenet-norm', hr_img_type,
-                        cache_images=cache_images, augment=augment)
+                        cache_images=cache_images, augment=augment, degradation=degradation)
     sampler = ResumableSampler(len(dataset), batch_size, iterations, seed, start_iteration, rank, world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == 'cuda', drop_last=True)
     return iter(loader), f"DataLoader with {workers} workers ({len(dataset)} images; not on the device: {reason})"
 
 
-def validation_dataset(data_folder, name, scaling_factor):
+def validation_dataset(data_folder, name, scaling_factor, degradation='bicubic'):
     """The SRDataset of the validation list `name` ('val' or a test set), or None, with a note,
-    when data_folder has no such list."""
+    when data_folder has no such list. A realistic degradation validates on the list's images
+    degraded the same fixed way every time (keyed by file name)."""
     if not os.path.isfile(data_list_path(data_folder, name)):
         print(f"No {os.path.basename(data_list_path(data_folder, name))} in {data_folder}: validation is off")
         return None
-    return SRDataset(data_folder, 'test', 0, scaling_factor, 'imagenet-norm', '[-1, 1]', test_data_name=name)
+    return SRDataset(data_folder, 'test', 0, scaling_factor, 'imagenet-norm', '[-1, 1]', test_data_name=name,
+                     degradation=degradation)

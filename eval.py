@@ -4,6 +4,8 @@
     python eval.py --models="['bicubic', 'srresnet', 'srgan']" --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth
     python eval.py --models="['bicubic']" --test_data_names="['Set5']" --metrics="['psnr', 'ssim']"
     python eval.py --results_file=results/eval_results.json   # publish: replace the numbers in results/
+    python eval.py --degradation=realistic --test_data_names="['Set14', 'BSD100']" \
+        --models="['bicubic', 'srresnet', 'srresnet_real']" --real_lr_folder=data/RealSRSet   # real photos
 
 Make the lists of test images first, with create_data_lists.py. How the numbers are made (the
 conventions of Ledig et al. 2017 and of most SR papers since):
@@ -19,6 +21,14 @@ conventions of Ledig et al. 2017 and of most SR papers since):
 - each metric is averaged over the images of a set;
 - 'bicubic' is Pillow's bicubic upscale of the same LR image: the baseline every SR table carries.
 
+For models meant for real photos there are two more measures, each in its own table:
+- degradation='realistic': the LR image is the HR crop put through degradations.degrade (blur,
+  resizes, noise, JPEG, twice) keyed by the image's file name, so every run on every machine
+  degrades each test image the same way. The paper's rows are not printed beside it: its
+  protocol is bicubic;
+- real_lr_folder: real low-resolution photos with no ground truth (RealSRSet, from BSRGAN), each
+  upscaled whole; only NIQE can score them.
+
 Prints a Markdown table with the paper's numbers beside ours, and writes `results_file` (JSON,
 the means) and a CSV beside it (one row per image). The default is under runs/, which git
 ignores: the published results/eval_results.json changes only when named with --results_file.
@@ -33,18 +43,22 @@ from tqdm import tqdm
 import runtime
 import utils
 from datasets import SRDataset, data_list_path, read_data_list
+from degradations import DEGRADATIONS
 
 # ----------------------------------------------------------------------------------------------
 # Data
 data_folder: str = 'data'  # where the <name>_test_images.json lists are (create_data_lists.py)
 test_data_names: list = ['Set5', 'Set14', 'BSD100']  # test sets, in the table's order
 scaling_factor: int = 4  # for 'bicubic' and the HR row; a model uses the one its checkpoint was trained for
+degradation: str = 'bicubic'  # test LR images: 'bicubic' (the paper's protocol) or 'realistic' (fixed per image)
+real_lr_folder: str = ''  # real LR photos without ground truth, NIQE only (e.g. 'data/RealSRSet'; '' = none)
 # Model
-models: list = ['bicubic', 'srresnet']  # any of 'bicubic', 'srresnet', 'srgan'
+models: list = ['bicubic', 'srresnet']  # any of 'bicubic', 'srresnet', 'srresnet_real', 'srgan'
 # Metrics
 metrics: list = ['psnr', 'ssim', 'niqe']  # any of these; NIQE takes about 0.1 s a 500x500 image on a CPU
 # Checkpoints
 srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # from train_srresnet.py
+srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # a second SRResNet, e.g. for real photos
 srgan_checkpoint: str = ''  # from train_srgan.py (needed when models has 'srgan')
 # Output
 results_file: str = 'runs/eval/eval_results.json'  # mean metrics; the per-image CSV goes beside it ('' = none)
@@ -52,7 +66,7 @@ results_file: str = 'runs/eval/eval_results.json'  # mean metrics; the per-image
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 # ----------------------------------------------------------------------------------------------
 
-MODEL_NAMES = ('bicubic', 'srresnet', 'srgan')
+MODEL_NAMES = ('bicubic', 'srresnet', 'srresnet_real', 'srgan')
 METRIC_NAMES = ('psnr', 'ssim', 'niqe')
 # The smallest image side each metric can measure, after the border crop: SSIM's 7x7 window, NIQE's block.
 MIN_SIDE = {'psnr': 1, 'ssim': 7, 'niqe': utils.NIQE_BLOCK_SIZE}
@@ -69,8 +83,21 @@ PAPER_RESULTS = {
 
 
 def row_name(key):
-    """The table's name for a results key: 'hr' -> 'HR', 'srgan_mse' -> 'SRGAN-MSE'."""
+    """The table's name for a results key: 'hr' -> 'HR', 'srgan_mse' -> 'SRGAN-MSE', and a model
+    trained on realistic degradations gets '-real': 'srresnet_real' -> 'SRResNet-real'."""
+    if key.endswith('_real'):
+        return row_name(key[:-len('_real')]) + '-real'
     return {'hr': 'HR', 'bicubic': 'Bicubic', 'srresnet': 'SRResNet'}.get(key) or 'SRGAN-' + key[6:].upper()
+
+
+def model_key(model_name, checkpoint, path):
+    """The results key of a loaded model: 'srresnet' or 'srgan_<content loss>', with '_real'
+    when its checkpoint was trained on realistic degradations."""
+    key = srgan_key(checkpoint, path) if model_name == 'srgan' else 'srresnet'
+    try:
+        return key + ('_real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def srgan_key(checkpoint, path):
@@ -118,9 +145,10 @@ def measure(sr_img, hr_img, metric_names, crop_border):
     return {metric: values.get(metric) for metric in metric_names}
 
 
-def markdown_table(results, test_data_names, metric_names):
-    """The means as a Markdown table, each of our rows followed by the paper's; '—' where a
-    number does not apply (PSNR of the HR images) or was not published (NIQE in the paper)."""
+def markdown_table(results, test_data_names, metric_names, paper_rows=True):
+    """The means as a Markdown table, each of our rows followed by the paper's (if paper_rows);
+    '—' where a number does not apply (PSNR of the HR images) or was not published (NIQE in the
+    paper). Rows without any of test_data_names (the HR row of real photos) are left out."""
     formats = {'psnr': '{:.2f}', 'ssim': '{:.4f}', 'niqe': '{:.2f}'}
 
     def cells(per_set):
@@ -130,22 +158,56 @@ def markdown_table(results, test_data_names, metric_names):
     header = ' | '.join(f'{name} {metric.upper()}' for name in test_data_names for metric in metric_names)
     lines = [f'| Model | {header} |', '|' + '---|' * (1 + len(test_data_names) * len(metric_names))]
     for key, per_set in results.items():
+        if not set(test_data_names) & set(per_set):
+            continue
         lines.append(f"| {row_name(key)}{'' if key == 'hr' else ' (ours)'} | {cells(per_set)} |")
-        if key in PAPER_RESULTS:
+        if paper_rows and key in PAPER_RESULTS:
             paper = {name: {'psnr': psnr, 'ssim': ssim} for name, (psnr, ssim) in PAPER_RESULTS[key].items()}
             lines.append(f'| {row_name(key)} (paper) | {cells(paper)} |')
     return '\n'.join(lines)
 
 
+def real_photos(folder, factors):
+    """The image files of a folder of real LR photos, checked before any model runs: the folder
+    exists and holds images, and each is large enough for NIQE once upscaled by every factor."""
+    paths = utils.list_images(folder)  # FileNotFoundError naming the folder when it is missing
+    if not paths:
+        raise ValueError(f"real_lr_folder {folder} holds no images")
+    for path in paths:
+        try:
+            width, height = utils.image_size(path)  # from the header: nothing is decoded
+        except OSError as error:
+            raise ValueError(f"{path} (in real_lr_folder) is not a readable image: {error}") from None
+        side = min(width, height) * min(factors) - 2 * min(factors)  # after the upscale and the border crop
+        if side < MIN_SIDE['niqe']:
+            raise ValueError(f"{path} (in real_lr_folder) is {width}x{height}, too small for NIQE: upscaled "
+                             f"x{min(factors)} it has {side} px a side after the border crop, NIQE needs "
+                             f"{MIN_SIDE['niqe']}")
+    return paths
+
+
+def upscale_real_photo(model, path, s, device):
+    """The SR image (PIL) of one real LR photo: the model's output, or the bicubic upscale."""
+    with Image.open(path) as img:
+        lr_pil = utils.pil_to_rgb(img)
+    lr_img = utils.convert_image(lr_pil, source='pil', target='[0, 1]')  # (3, h, w)
+    return super_resolve(model, lr_img, (lr_pil.width * s, lr_pil.height * s), device)
+
+
 def main(argv):
-    """Evaluate every model on every test set; print the table, write the files, return the means
-    as {key: {set: {metric: float or None, 'n_images': int}}}, key 'hr', 'bicubic', 'srresnet'
-    or 'srgan_<content loss>'."""
+    """Evaluate every model on every test set (and the real photos of real_lr_folder); print the
+    tables, write the files, return the means as {key: {set: {metric: float or None,
+    'n_images': int}}}, key 'hr', 'bicubic', 'srresnet' or 'srgan_<content loss>' (with '_real'
+    for a model trained on realistic degradations); the real photos' set is the folder's name."""
     config = runtime.parse_config(globals(), argv)
     for constant, known in (('models', MODEL_NAMES), ('metrics', METRIC_NAMES)):
         names = getattr(config, constant)
         runtime.require(names and set(names) <= set(known) and len(set(names)) == len(names),
                         f"{constant} must be distinct names from {known}, got {names}")
+    runtime.require(config.degradation in DEGRADATIONS,
+                    f"degradation must be one of {DEGRADATIONS}, got {config.degradation!r}")
+    runtime.require(config.test_data_names or config.real_lr_folder,
+                    "test_data_names is empty and no real_lr_folder is given: nothing to evaluate")
     device = runtime.pick_device(config.device)
     print(f"Device: {device}")
 
@@ -157,24 +219,32 @@ def main(argv):
             rows['bicubic'] = (None, config.scaling_factor)
             continue
         path = getattr(config, f'{model_name}_checkpoint')
+        kind = 'srgan' if model_name == 'srgan' else 'srresnet'
         try:
-            model, checkpoint = runtime.load_sr_model(path, device, kind=model_name)
+            model, checkpoint = runtime.load_sr_model(path, device, kind=kind)
         except (FileNotFoundError, ValueError) as error:
-            raise type(error)(f"{error}. {runtime.train_hint(model_name)} and pass it with "
+            raise type(error)(f"{error}. {runtime.train_hint(kind)} and pass it with "
                               f"--{model_name}_checkpoint=PATH") from None
-        key = srgan_key(checkpoint, path) if model_name == 'srgan' else model_name
+        key = model_key(model_name, checkpoint, path)
+        runtime.require(key not in rows, f"--{model_name}_checkpoint={path} makes a second {row_name(key)} row: "
+                                         f"give each model a different checkpoint")
         rows[key] = (model, 2 ** len(model.subpixel_convolutional_blocks))  # the scale it was trained for
-        print(f"{row_name(key)}: {path} (iteration {checkpoint.get('iteration', '?')})")
+        print(f"{row_name(key)}: {path} (iteration {checkpoint.get('iteration', '?')}, "
+              f"trained on {runtime.degradation_of(checkpoint)} LR images)")
     for name in config.test_data_names:
         check_sizes(data_list_path(config.data_folder, name), images[name], {s for _, s in rows.values()},
                     config.metrics)
+    if config.real_lr_folder:
+        runtime.require('niqe' in config.metrics, "real_lr_folder is scored by NIQE only: add 'niqe' to metrics")
+    real_paths = real_photos(config.real_lr_folder, {s for _, s in rows.values()}) if config.real_lr_folder else []
+    real_name = os.path.basename(os.path.normpath(config.real_lr_folder))
 
     results, csv_rows = {}, []
     for key, (model, s) in rows.items():
         results[key] = {}
         for name in config.test_data_names:
             dataset = SRDataset(config.data_folder, 'test', crop_size=0, scaling_factor=s, lr_img_type='[0, 1]',
-                                hr_img_type='[0, 1]', test_data_name=name)
+                                hr_img_type='[0, 1]', test_data_name=name, degradation=config.degradation)
             per_image = []
             for i in tqdm(range(len(dataset)), desc=f'{row_name(key)} on {name}', unit='image', leave=False):
                 lr_img, hr_img = dataset[i]  # (3, h, w) and (3, h * s, w * s), in [0, 1]
@@ -189,10 +259,24 @@ def main(argv):
                          for path, v in zip(dataset.images, per_image)]
             print(f"{row_name(key)} on {name} ({len(per_image)} images): "
                   + ', '.join(f'{m.upper()} {v:.4f}' for m, v in means.items() if v is not None))
+        if real_paths and key != 'hr':  # no ground truth: the LR photos themselves have no HR row
+            scores = [utils.niqe(upscale_real_photo(model, path, s, device), crop_border=s)
+                      for path in tqdm(real_paths, desc=f'{row_name(key)} on {real_name}', unit='image', leave=False)]
+            results[key][real_name] = {'niqe': sum(scores) / len(scores), 'n_images': len(scores)}
+            csv_rows += [[key, real_name, os.path.basename(path)] + [score if m == 'niqe' else '' for m in config.metrics]
+                         for path, score in zip(real_paths, scores)]
+            print(f"{row_name(key)} on {real_name} ({len(scores)} photos): NIQE {results[key][real_name]['niqe']:.4f}")
 
-    print("\nPSNR (dB) and SSIM on the Y channel; NIQE (lower is better) of the SR image alone. The '(paper)' "
-          "rows are Ledig et al. 2017, Tables 1 and 2\n")
-    print(markdown_table(results, config.test_data_names, config.metrics))
+    if config.test_data_names:
+        protocol = "bicubic LR images" if config.degradation == 'bicubic' else \
+            "realistic LR images (degradations.degrade, keyed by file name; the paper's protocol is bicubic)"
+        print(f"\nPSNR (dB) and SSIM on the Y channel; NIQE (lower is better) of the SR image alone; {protocol}."
+              + (" The '(paper)' rows are Ledig et al. 2017, Tables 1 and 2" if config.degradation == 'bicubic' else '')
+              + "\n")
+        print(markdown_table(results, config.test_data_names, config.metrics, config.degradation == 'bicubic'))
+    if real_paths:
+        print(f"\nNIQE (lower is better) of the SR images of the real photos in {config.real_lr_folder}\n")
+        print(markdown_table(results, [real_name], ['niqe'], paper_rows=False))
     if config.results_file:
         utils.save_json(results, config.results_file)
         csv_file = os.path.splitext(config.results_file)[0] + '.csv'

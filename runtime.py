@@ -17,6 +17,7 @@ import types
 import numpy as np
 import torch
 
+import degradations
 import utils
 
 
@@ -264,6 +265,17 @@ def train_hint(kind):
     return f"Train one with `python {TRAINERS[kind]}`"
 
 
+def degradation_of(checkpoint):
+    """How the LR inputs a checkpoint's model was trained on were made: 'bicubic' (the paper's
+    clean shrink, and every checkpoint older than the option) or 'realistic' (degradations.py),
+    from checkpoint['config']['degradation']."""
+    config = checkpoint.get('config')
+    degradation = config.get('degradation', 'bicubic') if isinstance(config, dict) else 'bicubic'
+    if degradation not in degradations.DEGRADATIONS:
+        raise ValueError(f"config degradation is {degradation!r}, not one of {degradations.DEGRADATIONS}")
+    return degradation
+
+
 def weights_key(checkpoint):
     """Where a checkpoint keeps its SRResNet weights: 'model' (SRResNet checkpoints), else
     'generator' (SRGAN checkpoints; the caller checks that the key is there)."""
@@ -501,6 +513,9 @@ def check_training_config(config):
     require(config.lr > 0, f"lr must be positive, got {config.lr}")
     require(config.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {config.grad_clip}")
     learning_rate_at(1, config.lr, config.lr_schedule, config.iterations)  # checks the schedule's name
+    if hasattr(config, 'degradation'):
+        require(config.degradation in degradations.DEGRADATIONS,
+                f"degradation must be one of {degradations.DEGRADATIONS}, got {config.degradation!r}")
 
 
 def refuse_to_overwrite(path, overwrite):

@@ -30,6 +30,7 @@ from models import Discriminator, Generator, TruncatedVGG19, fast_prelu_backward
 data_folder: str = 'data'  # folder with train_images.json and val_images.json (create_data_lists.py)
 crop_size: int = 96  # HR crop side in px (paper: 96)
 augment: bool = False  # random flips and 90-degree turns of each crop (paper: none)
+degradation: str = 'bicubic'  # LR crops: 'bicubic' (paper) or 'realistic' (blur, noise, JPEG: degradations.py)
 data_on_device: str = 'auto'  # crops made on the training device: 'auto' (if the set fits), 'on', 'off'
 cache_images: bool = True  # DataLoader path: keep decoded images in RAM (off for very large sets like COCO)
 workers: int = min(4, max(1, (os.cpu_count() or 2) - 1))  # DataLoader path: worker processes (0 = main process)
@@ -153,12 +154,13 @@ def main(argv):
 
     # Data: LR inputs ImageNet-normed, HR targets in [-1, 1]; the VGG19 and the discriminator see
     # both in ImageNet normalisation, as the VGG19 was trained.
-    val_dataset = datasets.validation_dataset(config.data_folder, config.val_data_name, model_args['scaling_factor']) \
+    val_dataset = datasets.validation_dataset(config.data_folder, config.val_data_name, model_args['scaling_factor'],
+                                              config.degradation) \
         if is_main and config.val_freq else None
     batches, how = datasets.training_batches(
         config.data_folder, config.crop_size, model_args['scaling_factor'], config.batch_size, config.iterations,
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
-        config.cache_images, config.workers, rank, world_size)
+        config.cache_images, config.workers, rank, world_size, config.degradation)
     monitor = runtime.TrainingMonitor('SRGAN', ['content_loss', 'adversarial_loss', 'discriminator_loss'],
                                       config.iterations, start_iteration, config.print_freq,
                                       config.batch_size * world_size,

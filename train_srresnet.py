@@ -26,6 +26,7 @@ data_folder: str = 'data'  # folder with train_images.json and val_images.json (
 crop_size: int = 96  # HR crop side in px (paper: 96)
 scaling_factor: int = 4  # 2, 4 or 8 (paper: 4)
 augment: bool = False  # random flips and 90-degree turns of each crop (paper: none)
+degradation: str = 'bicubic'  # LR crops: 'bicubic' (paper) or 'realistic' (blur, noise, JPEG: degradations.py)
 data_on_device: str = 'auto'  # crops made on the training device: 'auto' (if the set fits), 'on', 'off'
 cache_images: bool = True  # DataLoader path: keep decoded images in RAM (off for very large sets like COCO)
 workers: int = min(4, max(1, (os.cpu_count() or 2) - 1))  # DataLoader path: worker processes (0 = main process)
@@ -116,12 +117,13 @@ def main(argv):
     train_model = torch.compile(model, mode=config.compile) if config.compile else model
 
     # Data: LR inputs ImageNet-normed, HR targets in [-1, 1] where the paper takes the MSE.
-    val_dataset = datasets.validation_dataset(config.data_folder, config.val_data_name, config.scaling_factor) \
+    val_dataset = datasets.validation_dataset(config.data_folder, config.val_data_name, config.scaling_factor,
+                                              config.degradation) \
         if is_main and config.val_freq else None
     batches, how = datasets.training_batches(
         config.data_folder, config.crop_size, config.scaling_factor, config.batch_size, config.iterations,
         config.seed, start_iteration, device, '[-1, 1]', config.augment, config.data_on_device,
-        config.cache_images, config.workers, rank, world_size)
+        config.cache_images, config.workers, rank, world_size, config.degradation)
     monitor = runtime.TrainingMonitor('SRResNet', ['loss'], config.iterations, start_iteration, config.print_freq,
                                       config.batch_size * world_size,
                                       os.path.join(config.out_dir, 'log_srresnet.csv') if is_main else None,

@@ -287,3 +287,68 @@ def test_srgan_rows_are_named_by_their_content_loss(niqe_data_folder, tmp_path, 
     assert '| SRGAN-VGG54 (paper) | 29.40 | 0.8472 |' in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"bad.pth: config content_loss is 'l1'"):
         evaluate(paths['bad'])
+
+
+def save_srresnet(path, model, **extra):
+    """An SRResNet checkpoint as train_srresnet.py writes one (the keys eval.py reads)."""
+    torch.save({'model': model.state_dict(), 'model_args': MODEL_ARGS, 'iteration': 3, **extra}, path)
+
+
+def test_realistic_protocol_degrades_each_image_by_its_name_and_prints_no_paper_rows(niqe_data_folder, tmp_path,
+                                                                                      capsys):
+    import degradations
+    args = dict(test_data_names=['Set5'], degradation='realistic')
+    results = run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], **args))
+    again = run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], **args))
+    assert results == again  # a fixed protocol: the same LR images every run
+    table = capsys.readouterr().out
+    assert 'realistic LR images' in table and '(paper)' not in table  # the paper's protocol is bicubic
+    expected = []
+    for path in image_paths(niqe_data_folder, 'Set5'):
+        _, hr_img = centre_crop_pair(path)
+        hr = utils.convert_image(hr_img, source='pil', target='[0, 1]').unsqueeze(0)
+        lr = degradations.degrade(hr, [os.path.basename(path)], 4)[0]  # keyed by the file name
+        lr_img = utils.convert_image(lr, source='[0, 1]', target='pil')
+        expected.append(reference_metrics(lr_img.resize(hr_img.size, Image.BICUBIC), hr_img)[0])
+    assert results['bicubic']['Set5']['psnr'] == pytest.approx(np.mean(expected), abs=1e-9)
+    clean = run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], test_data_names=['Set5']))
+    assert results['bicubic']['Set5']['psnr'] < clean['bicubic']['Set5']['psnr'] - 1
+
+
+def test_real_photos_are_scored_by_niqe_and_a_realistic_model_is_named_so(niqe_data_folder, tmp_path, capsys):
+    photos = tmp_path / 'RealPhotos'
+    photos.mkdir()
+    for i, (width, height) in enumerate([(30, 28), (26, 33)]):  # upscaled x4: big enough for NIQE
+        textured_image(width, height, seed=50 + i).save(photos / f'photo{i}.png')
+    torch.manual_seed(0)
+    paths = {name: str(tmp_path / f'{name}.pth') for name in ('plain', 'real')}
+    save_srresnet(paths['plain'], SRResNet(**MODEL_ARGS), config={})
+    save_srresnet(paths['real'], SRResNet(**MODEL_ARGS), config={'degradation': 'realistic'})
+    results = run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic', 'srresnet', 'srresnet_real'],
+                                 test_data_names=['Set5'], metrics=['psnr', 'niqe'], real_lr_folder=str(photos),
+                                 srresnet_checkpoint=paths['plain'], srresnet_real_checkpoint=paths['real']))
+    assert list(results) == ['hr', 'bicubic', 'srresnet', 'srresnet_real']
+    assert 'RealPhotos' not in results['hr']  # no ground truth, so no HR row
+    bicubic_niqe = [utils.niqe(Image.open(photos / f'photo{i}.png').convert('RGB').resize(
+        (Image.open(photos / f'photo{i}.png').width * 4, Image.open(photos / f'photo{i}.png').height * 4),
+        Image.BICUBIC), crop_border=4) for i in range(2)]
+    assert results['bicubic']['RealPhotos'] == {'niqe': pytest.approx(np.mean(bicubic_niqe), abs=1e-9),
+                                                'n_images': 2}
+    table = capsys.readouterr().out
+    assert '| Model | RealPhotos NIQE |' in table
+    assert f"| SRResNet-real (ours) | {results['srresnet_real']['RealPhotos']['niqe']:.2f} |" in table
+    assert '| SRResNet-real (paper)' not in table and '| SRResNet (paper) |' in table
+    with open(tmp_path / 'results' / 'eval.csv', newline='') as f:
+        rows = [row for row in csv.DictReader(f) if row['set'] == 'RealPhotos']
+    assert [(row['model'], row['image']) for row in rows[:2]] == [('bicubic', 'photo0.png'), ('bicubic', 'photo1.png')]
+
+    # The same checkpoint in both rows, or a real-photo folder without NIQE, is refused up front.
+    with pytest.raises(ValueError, match='second SRResNet row'):
+        run_eval(eval_args(niqe_data_folder, tmp_path, ['srresnet', 'srresnet_real'], test_data_names=['Set5'],
+                           srresnet_checkpoint=paths['plain'], srresnet_real_checkpoint=paths['plain']))
+    with pytest.raises(ValueError, match="NIQE only"):
+        run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], test_data_names=['Set5'],
+                           real_lr_folder=str(photos)))
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        run_eval(eval_args(niqe_data_folder, tmp_path, ['bicubic'], test_data_names=['Set5'], metrics=['niqe'],
+                           real_lr_folder=str(tmp_path / 'nowhere')))

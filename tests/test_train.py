@@ -84,13 +84,15 @@ def test_srresnet_command_line_run(tiny_data, tmp_path):
     assert [row['iteration'] for row in rows if row['val_psnr']] == ['2', '4']
 
 
-@pytest.mark.parametrize('amp, data_on_device', [('off', 'off'), ('bf16', 'off'), ('fp16', 'off'), ('off', 'on')])
-def test_srresnet_resume_is_exact(tiny_data, tmp_path, capsys, amp, data_on_device):
+@pytest.mark.parametrize('amp, data_on_device, degradation', [
+    ('off', 'off', 'bicubic'), ('bf16', 'off', 'bicubic'), ('fp16', 'off', 'bicubic'), ('off', 'on', 'bicubic'),
+    ('off', 'off', 'realistic'), ('off', 'on', 'realistic')])
+def test_srresnet_resume_is_exact(tiny_data, tmp_path, capsys, amp, data_on_device, degradation):
     """6 iterations straight == 3 iterations, then a resume to 6, bit for bit, on the DataLoader
-    path (resumed with other workers, too) and on the device stream. 'bf16' and 'fp16' run the
-    autocast and GradScaler code paths on the CPU."""
+    path (resumed with other workers, too) and on the device stream, with either degradation.
+    'bf16' and 'fp16' run the autocast and GradScaler code paths on the CPU."""
     args = TINY_SRRESNET + [f'--data_folder={tiny_data}', f'--amp={amp}', f'--data_on_device={data_on_device}',
-                            '--lr_decay_at=4', '--save_freq=3']
+                            '--lr_decay_at=4', '--save_freq=3', f'--degradation={degradation}']
     straight = train_srresnet.main(args + [f'--out_dir={tmp_path / "a"}', '--iterations=6'])
     train_srresnet.main(args + [f'--out_dir={tmp_path / "b"}', '--iterations=3', '--workers=2'])
     resumed = train_srresnet.main(args + [f'--out_dir={tmp_path / "b"}', '--iterations=6',
@@ -101,6 +103,7 @@ def test_srresnet_resume_is_exact(tiny_data, tmp_path, capsys, amp, data_on_devi
     a, b = load(tmp_path / 'a' / 'checkpoint_srresnet.pth'), load(tmp_path / 'b' / 'checkpoint_srresnet.pth')
     assert_same_state(a['model'], b['model'])
     assert_same_state(a['optimizer'], b['optimizer'])
+    assert a['config']['degradation'] == degradation  # recorded, so eval.py and super_resolve.py can name it
     assert not torch.equal(a['model']['conv_block1.conv_block.0.weight'],
                            SRResNet(**a['model_args']).state_dict()['conv_block1.conv_block.0.weight'])
     # The log of the resumed run tells one story: each iteration once.
@@ -141,11 +144,12 @@ def test_srgan_snapshots_are_each_checkpoints_generator_in_float16(tiny_data, sr
     assert not model.training
 
 
-@pytest.mark.parametrize('content_loss, data_on_device', [('vgg22', 'off'), ('mse', 'on')])
-def test_srgan_resume_is_exact(tiny_data, srresnet_checkpoint, tmp_path, content_loss, data_on_device):
+@pytest.mark.parametrize('content_loss, data_on_device, degradation', [
+    ('vgg22', 'off', 'bicubic'), ('mse', 'on', 'bicubic'), ('mse', 'off', 'realistic')])
+def test_srgan_resume_is_exact(tiny_data, srresnet_checkpoint, tmp_path, content_loss, data_on_device, degradation):
     args = TINY_SRGAN_ANY_LOSS + [f'--data_folder={tiny_data}', f'--srresnet_checkpoint={srresnet_checkpoint}',
                                   f'--content_loss={content_loss}', f'--data_on_device={data_on_device}',
-                                  '--lr_decay_at=4', '--save_freq=3']
+                                  '--lr_decay_at=4', '--save_freq=3', f'--degradation={degradation}']
     train_srgan.main(args + [f'--out_dir={tmp_path / "a"}', '--iterations=6'])
     train_srgan.main(args + [f'--out_dir={tmp_path / "b"}', '--iterations=3'])
     train_srgan.main(args + [f'--out_dir={tmp_path / "b"}', '--iterations=6',

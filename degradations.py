@@ -1,0 +1,281 @@
+"""Realistic degradations: how a camera, resizing software and a JPEG encoder damage a photo, in
+the style of Real-ESRGAN's second-order model (Wang et al., ICCVW 2021), for training a model
+that upscales real photos instead of clean bicubic shrinks.
+
+The paper's protocol (and our default, degradation='bicubic') makes each LR image with one clean
+bicubic downscale. Photos people bring have been blurred by a lens, resized, sharpened by noise
+and compressed, often twice (a phone's JPEG, re-saved by a web site). A model trained only on
+bicubic shrinks learns to sharpen whatever it sees, JPEG blocks and noise included. Here each LR
+crop goes through that damage twice:
+
+    stage 1: blur -> random resize -> Gaussian or Poisson noise -> JPEG
+    stage 2: blur (sometimes) -> random resize -> noise -> then, in either order,
+             [resize to HR / s + sinc filter] and [JPEG]
+
+Every draw for a sample comes from a random.Random keyed by a string of the caller's (seed,
+sample position) or the image's name, so the same key always gives the same LR bytes (exact
+resume, and a fixed degraded test protocol). The blur, resize and noise run in tensor operations
+on whatever device the images are on; JPEG is the real libjpeg codec through torchvision.io, on
+the CPU, so every machine (GPU or not) gets the same bytes for the same input.
+
+Importing this module picks no device, creates no tensor and reads no file.
+"""
+import math
+import random
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
+
+DEGRADATIONS = ('bicubic', 'realistic')  # 'bicubic': the paper's clean shrink (utils.ImageTransforms)
+
+# ----------------------------------------------------------------------------------------------
+# The ranges and probabilities. Source: Real-ESRGAN's options/train_realesrnet_x4plus.yml and
+# realesrgan/data/realesrgan_dataset.py (xinntao/Real-ESRGAN @ 0011624), the published options of
+# its RealESRNet x4plus model. Sigmas, noise and sizes are in pixels of the image
+# the stage works on; noise sigmas in grey levels of 255.
+# ----------------------------------------------------------------------------------------------
+KERNEL_SIZES = (7, 9, 11, 13, 15, 17, 19, 21)  # kernel_range: blur kernel sides, drawn uniformly
+KERNEL_TYPES = ('iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso')
+RESIZE_MODES = ('area', 'bilinear', 'bicubic')  # F.interpolate modes, drawn uniformly
+FIRST_STAGE = {
+    'blur_prob': 1.0,  # stage 1 always blurs
+    'kernel_prob': (0.45, 0.25, 0.12, 0.03, 0.12, 0.03),  # of KERNEL_TYPES
+    'sinc_prob': 0.1,  # a sinc (ringing) filter instead of a Gaussian-like kernel
+    'blur_sigma': (0.2, 3.0),  # Gaussian sigma range
+    'betag_range': (0.5, 4.0),  # generalised Gaussian shape
+    'betap_range': (1.0, 2.0),  # plateau shape
+    'resize_prob': (0.2, 0.7, 0.1),  # up, down, keep
+    'resize_range': (0.15, 1.5),  # scale range of the whole image
+    'gaussian_noise_prob': 0.5,  # Gaussian noise, else Poisson
+    'noise_range': (1.0, 30.0),  # Gaussian sigma, grey levels
+    'poisson_scale_range': (0.05, 3.0),
+    'gray_noise_prob': 0.4,  # the same noise on R, G and B (luminance noise)
+    'jpeg_range': (30, 95),  # JPEG quality
+}
+SECOND_STAGE = {
+    'blur_prob': 0.8,  # second_blur_prob
+    'kernel_prob': (0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+    'sinc_prob': 0.1,
+    'blur_sigma': (0.2, 1.5),
+    'betag_range': (0.5, 4.0),
+    'betap_range': (1.0, 2.0),
+    'resize_prob': (0.3, 0.4, 0.3),
+    'resize_range': (0.3, 1.2),  # relative to the final LR size
+    'gaussian_noise_prob': 0.5,
+    'noise_range': (1.0, 25.0),
+    'poisson_scale_range': (0.05, 2.5),
+    'gray_noise_prob': 0.4,
+    'jpeg_range': (30, 95),
+}
+FINAL_SINC_PROB = 0.8  # the last resize is followed by a sinc filter this often (else no filter)
+# Not copied from Real-ESRGAN: it sharpens its HR targets (unsharp mask, gt_usm) and uses a
+# differentiable JPEG approximation; our HR target is the clean crop and the JPEG is the real codec.
+
+
+def check_degradation(degradation):
+    """Refuse an unknown degradation name before any work (a ValueError naming the choices)."""
+    if degradation not in DEGRADATIONS:
+        raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+def _kernel_grid(size):
+    """(size, size, 2) float64 pixel offsets from the kernel's centre, (x, y) in the last axis."""
+    steps = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    y, x = torch.meshgrid(steps, steps, indexing='ij')
+    return torch.stack([x, y], dim=-1)
+
+
+def gaussian_kernel(size, sigma_x, sigma_y, theta, beta=1.0, shape='gaussian'):
+    """A (size, size) float64 blur kernel that sums to 1.
+
+    The quadratic form q = x^T C^-1 x, with C the covariance of a Gaussian with standard
+    deviations (sigma_x, sigma_y) turned by theta radians, gives three families:
+    'gaussian' exp(-q / 2); 'generalized' exp(-(q ^ beta) / 2), flatter tops for beta > 1 and
+    heavier tails below; 'plateau' 1 / (1 + q ^ beta), a flat top with long tails.
+    """
+    rotation = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+                            dtype=torch.float64)
+    covariance = rotation @ torch.diag(torch.tensor([sigma_x ** 2, sigma_y ** 2], dtype=torch.float64)) @ rotation.T
+    grid = _kernel_grid(size)  # (size, size, 2)
+    q = ((grid @ torch.linalg.inv(covariance)) * grid).sum(-1)  # (size, size), >= 0
+    if shape == 'gaussian':
+        kernel = torch.exp(-0.5 * q)
+    elif shape == 'generalized':
+        kernel = torch.exp(-0.5 * q ** beta)
+    elif shape == 'plateau':
+        kernel = 1 / (1 + q ** beta)
+    else:
+        raise ValueError(f"shape must be 'gaussian', 'generalized' or 'plateau', got {shape!r}")
+    return kernel / kernel.sum()
+
+
+def sinc_kernel(size, cutoff):
+    """A (size, size) float64 ideal circular low-pass filter (a 2-D sinc, cut off at `cutoff`
+    radians per pixel, pi = Nyquist), cut to size; it rings like an over-sharpened photo."""
+    r = _kernel_grid(size).norm(dim=-1)  # (size, size), distance from the centre
+    safe_r = torch.where(r == 0, torch.ones_like(r), r)
+    kernel = cutoff * torch.special.bessel_j1(cutoff * safe_r) / (2 * math.pi * safe_r)
+    kernel = torch.where(r == 0, torch.full_like(r, cutoff ** 2 / (4 * math.pi)), kernel)  # the limit at r = 0
+    return kernel / kernel.sum()
+
+
+def random_blur_kernel(rng, stage):
+    """A (k, k) float64 kernel drawn as Real-ESRGAN draws one: a size from KERNEL_SIZES, then a
+    sinc filter (sinc_prob) or one of KERNEL_TYPES with its sigmas, angle and shape."""
+    size = rng.choice(KERNEL_SIZES)
+    if rng.random() < stage['sinc_prob']:
+        # Small kernels cannot hold a low cut-off's wide ripples, so their cut-off stays higher.
+        return sinc_kernel(size, rng.uniform(math.pi / 3 if size < 13 else math.pi / 5, math.pi))
+    kind = rng.choices(KERNEL_TYPES, weights=stage['kernel_prob'])[0]
+    sigma_x = rng.uniform(*stage['blur_sigma'])
+    if kind.endswith('iso') and not kind.endswith('aniso'):
+        sigma_y, theta = sigma_x, 0.
+    else:
+        sigma_y, theta = rng.uniform(*stage['blur_sigma']), rng.uniform(-math.pi, math.pi)
+    shape, beta = 'gaussian', 1.
+    if kind.startswith('generalized') or kind.startswith('plateau'):
+        shape = kind.split('_')[0]
+        low, high = stage['betag_range' if shape == 'generalized' else 'betap_range']
+        beta = rng.uniform(low, 1.) if rng.random() < 0.5 else rng.uniform(1., high)  # as many below 1 as above
+    return gaussian_kernel(size, sigma_x, sigma_y, theta, beta, shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The operations, on one (1, 3, H, W) float image in [0, 1]
+# ----------------------------------------------------------------------------------------------
+
+def blur(img, kernel):
+    """img (N, 3, H, W) filtered by a (k, k) kernel per image, kernels (N, k, k) or one (k, k),
+    with reflected borders (replicated where the image is smaller than the kernel's reach)."""
+    n, channels, height, width = img.shape
+    # A narrow Gaussian's far tail underflows to float32 denormals, which make a CPU convolution
+    # about 10x slower; weights below 1e-20 of the total change nothing, so they become zeros.
+    kernel = torch.where(kernel.abs() < 1e-20, torch.zeros_like(kernel), kernel)
+    kernels = kernel.to(img).expand(n, *kernel.shape[-2:])  # (N, k, k)
+    pad = kernels.shape[-1] // 2
+    mode = 'reflect' if pad < min(height, width) else 'replicate'
+    padded = F.pad(img, (pad, pad, pad, pad), mode=mode)  # (N, 3, H + 2p, W + 2p)
+    # One grouped convolution: every (image, channel) plane is its own group with its image's kernel.
+    weight = kernels.repeat_interleave(channels, dim=0).unsqueeze(1)  # (N * 3, 1, k, k)
+    out = F.conv2d(padded.reshape(1, n * channels, *padded.shape[-2:]), weight, groups=n * channels)
+    return out.view(n, channels, height, width)
+
+
+def resize(img, size, mode):
+    """img (1, 3, H, W) resized to size (h, w) by F.interpolate's `mode` (no antialiasing, as in
+    Real-ESRGAN, so a shrink also aliases)."""
+    size = (max(1, size[0]), max(1, size[1]))
+    if mode == 'area':
+        return F.interpolate(img, size=size, mode='area')
+    return F.interpolate(img, size=size, mode=mode, align_corners=False)
+
+
+def random_scale(rng, stage):
+    """A resize factor: up, down or kept, with the stage's probabilities and range."""
+    direction = rng.choices(('up', 'down', 'keep'), weights=stage['resize_prob'])[0]
+    low, high = stage['resize_range']
+    return rng.uniform(1., high) if direction == 'up' else rng.uniform(low, 1.) if direction == 'down' else 1.
+
+
+def _quantise(img):
+    """img rounded to 8-bit levels and clamped to [0, 1], as a saved image would be."""
+    return (img * 255.).round().clamp(0, 255) / 255.
+
+
+def add_noise(img, rng, stage):
+    """img (1, 3, H, W) plus Gaussian (sigma in grey levels) or Poisson (shot) noise, in colour or
+    the same on all channels, clamped to [0, 1]. The noise comes from a torch generator seeded by
+    rng, so it too is a function of the key."""
+    gaussian = rng.random() < stage['gaussian_noise_prob']
+    amount = rng.uniform(*stage['noise_range'] if gaussian else stage['poisson_scale_range'])
+    gray = rng.random() < stage['gray_noise_prob']
+    generator = torch.Generator(device=img.device).manual_seed(rng.getrandbits(63))
+    luma = img.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    plane = (img * luma).sum(1, keepdim=True) if gray else img  # (1, 1 or 3, H, W)
+    if gaussian:
+        noise = torch.randn(plane.shape, generator=generator, device=img.device, dtype=img.dtype) * amount / 255.
+    else:
+        # Shot noise: photon counts are Poisson. Real-ESRGAN counts 2^ceil(log2(distinct levels))
+        # photons at full scale, so a flat image gets stronger noise than a detailed one.
+        plane = _quantise(plane)
+        levels = 2. ** math.ceil(math.log2(torch.unique(plane).numel()))
+        noise = (torch.poisson(plane * levels, generator=generator) / levels - plane) * amount
+    return (img + noise).clamp(0., 1.)  # (1, 3, H, W): a (1, 1, H, W) noise broadcasts over R, G, B
+
+
+def jpeg(img, quality):
+    """img (1, 3, H, W) in [0, 1] encoded and decoded by libjpeg at `quality` (1..100), on the CPU.
+
+    torchvision.io is 3.5x faster here than a round trip through Pillow, and gives the same bytes
+    (tests/test_degradations.py holds it against Pillow). torchvision 0.29 marks its codecs as
+    deprecated in favour of TorchCodec; until they go, its warning is silenced here only, and
+    Pillow's JPEG is the drop-in replacement.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        encoded = encode_jpeg((_quantise(img[0]) * 255.).to('cpu', torch.uint8), quality=quality)
+        decoded = decode_jpeg(encoded)  # (3, H, W) uint8
+    return (decoded.to(img.device, img.dtype) / 255.).unsqueeze(0)  # (1, 3, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole chain
+# ----------------------------------------------------------------------------------------------
+
+def degrade(hr_imgs, keys, scaling_factor):
+    """LR images of HR images by the second-order realistic degradation.
+
+    Args:
+        hr_imgs: (N, 3, H, W) float in [0, 1], H and W divisible by scaling_factor, any device.
+        keys: N strings (or ints); each decides every draw for its image.
+        scaling_factor: how much smaller the LR images are.
+    Returns (N, 3, H / s, W / s) float in [0, 1], on 8-bit levels, on hr_imgs' device.
+    """
+    n, _, height, width = hr_imgs.shape
+    if len(keys) != n:
+        raise ValueError(f"need one key per image: {n} images, {len(keys)} keys")
+    if height % scaling_factor or width % scaling_factor:
+        raise ValueError(f"HR size {width}x{height} must divide by scaling_factor {scaling_factor}")
+    rngs = [random.Random(f'degrade:{key}') for key in keys]
+    # Stage 1's blur works on images of one size: one grouped convolution for the whole batch.
+    first_kernels = [random_blur_kernel(rng, FIRST_STAGE) for rng in rngs]
+    side = max(kernel.shape[-1] for kernel in first_kernels)
+    kernels = torch.stack([F.pad(k, [(side - k.shape[-1]) // 2] * 4) for k in first_kernels])  # (N, side, side)
+    blurred = blur(hr_imgs.float(), kernels.to(hr_imgs.device))  # (N, 3, H, W)
+    # From here the sizes differ per image, so each image goes its own way.
+    lr_size = (height // scaling_factor, width // scaling_factor)
+    return torch.cat([_degrade_rest(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])
+
+
+def _degrade_rest(img, rng, lr_size):
+    """Everything after stage 1's blur, for one (1, 3, H, W) image; returns (1, 3, h, w)."""
+    # Stage 1: resize, noise, JPEG.
+    scale = random_scale(rng, FIRST_STAGE)
+    img = resize(img, (int(img.shape[-2] * scale), int(img.shape[-1] * scale)), rng.choice(RESIZE_MODES))
+    img = add_noise(img, rng, FIRST_STAGE)
+    img = jpeg(img, rng.randint(*FIRST_STAGE['jpeg_range']))
+    # Stage 2: a milder blur, a resize around the final size, noise.
+    if rng.random() < SECOND_STAGE['blur_prob']:
+        img = blur(img, random_blur_kernel(rng, SECOND_STAGE))
+    scale = random_scale(rng, SECOND_STAGE)
+    img = resize(img, (int(lr_size[0] * scale), int(lr_size[1] * scale)), rng.choice(RESIZE_MODES))
+    img = add_noise(img, rng, SECOND_STAGE)
+    # The last resize to the LR size with its sinc filter, and the last JPEG, in either order.
+    mode, quality = rng.choice(RESIZE_MODES), rng.randint(*SECOND_STAGE['jpeg_range'])
+    sinc = sinc_kernel(rng.choice(KERNEL_SIZES), rng.uniform(math.pi / 3, math.pi)) \
+        if rng.random() < FINAL_SINC_PROB else None
+    jpeg_first = rng.random() < 0.5
+    if jpeg_first:
+        img = jpeg(img, quality)
+    img = resize(img, lr_size, mode)
+    if sinc is not None:
+        img = blur(img, sinc)
+    if not jpeg_first:
+        img = jpeg(img, quality)
+    return _quantise(img)  # (1, 3, h, w), 8-bit levels in [0, 1]
