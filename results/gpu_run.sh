@@ -1,21 +1,22 @@
 #!/bin/bash
-# The prepared device command for the next GPU lease, in the order the lease's minutes are worth
-# most: fine-tune the shipped SRResNet, train an SRGAN-MSE from the better of the two, keeping a
-# snapshot of its generator at each checkpoint, then bench the training paths with what is left.
-# Everything it keeps goes to $OUT (8 files at most come back); it ends by DEADLINE s.
+# The prepared GPU script: fine-tune the shipped SRResNet, train an SRGAN-MSE from the better of
+# the two, keeping a snapshot of its generator at each checkpoint, then bench the training paths
+# with the time left. The stages run in the order their results are worth most, so a run cut
+# short keeps the most useful ones. Everything it keeps goes to $OUT (8 files at most); it ends
+# by DEADLINE s.
 #
-# The version that ran on the one H200 lease so far, and made results/bench_gpu_*.json,
+# The version that ran on one H200 on 2026-11-28, and made results/bench_gpu_*.json,
 # results/gpu_train_log.txt and stage 1 of the shipped SRResNet (from scratch, benches first),
 # is `git show 9ab318c:results/gpu_run.sh`. This one is rehearsed on the CPU with QUICK=1 only.
-# Its speeds are that lease's (results/bench_gpu_training.json, results/bench_gpu_compile.json):
+# Its speeds are that run's (results/bench_gpu_training.json, results/bench_gpu_compile.json):
 # the SRResNet at batch 128 ran 4,931 samples/s, the SRGAN-MSE at batch 32 795; each stage also
 # has a timeout, and a stage cut short keeps its last checkpoint and its best one.
 #
-# The training images (153 MB) travel in three parts, since a call carries 64 MiB at most: copy
-# T91 and both BSDS500 folders into .gpu/dataA/, and each half of ImageNet-sample into
-# .gpu/dataB/ImageNet-sample/ and .gpu/dataC/ImageNet-sample/ (.gpu/ is ignored by git). Then,
-# back to back while the machine stays warm: run `true` carrying .gpu/dataA, again carrying
-# .gpu/dataB, then this script carrying .gpu/dataC; parts that went earlier stay there.
+# The training images (153 MB) are copied to the GPU machine in three parts of under 64 MiB
+# each: T91 and both BSDS500 folders in .gpu/dataA/, and each half of ImageNet-sample in
+# .gpu/dataB/ImageNet-sample/ and .gpu/dataC/ImageNet-sample/ (.gpu/ is ignored by git). The
+# script merges whichever parts it finds into TRAIN_ROOT and, unless QUICK=1, stops if any of
+# the 1,491 images is missing.
 #
 # env: OUT, TRAIN_ROOT, DEVICE, DEADLINE (s after start), QUICK (1: a rehearsal with tiny runs),
 #      INIT (the SRResNet to fine-tune), SRRESNET_SECONDS, SRGAN_SECONDS (each stage's training time)

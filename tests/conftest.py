@@ -10,7 +10,9 @@ TINY_SRRESNET_ARGS = ['--crop_size=32', '--n_blocks=2', '--n_channels=8', '--bat
                       '--device=cpu', '--val_freq=0']
 
 
-@pytest.fixture(scope='session')
+# Both fixtures are made once per pytest run and shared by every test file: tests/ is not a Python
+# package, so pytest gives a 'package' fixture defined here the lifetime of the whole run.
+@pytest.fixture(scope='package')
 def tiny_data(tmp_path_factory):
     """A data folder as create_data_lists writes it: train_images.json (6 noisy-gradient images,
     36-50 px), val_images.json (1 more, held out of the 7 in train/) and Set5_test_images.json (2)."""
@@ -26,7 +28,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='package')
 def srresnet_checkpoint(tiny_data, tmp_path_factory):
     """A tiny SRResNet checkpoint (2 blocks, 8 channels, 2 iterations) written by train_srresnet.py itself."""
     import train_srresnet

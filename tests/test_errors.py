@@ -105,7 +105,7 @@ CASES = {
 
 
 class TinyData:
-    """The session's tiny data folder and SRResNet checkpoint, for the cases above."""
+    """The shared tiny data folder and SRResNet checkpoint (tests/conftest.py), for the cases above."""
 
     def __init__(self, folder, checkpoint):
         self.folder, self.checkpoint = folder, checkpoint
