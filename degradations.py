@@ -20,6 +20,8 @@ the CPU, so every machine (GPU or not) gets the same bytes for the same input.
 
 Importing this module picks no device, creates no tensor and reads no file.
 """
+import concurrent.futures
+import functools
 import math
 import random
 import warnings
@@ -204,7 +206,8 @@ def add_noise(img, rng, stage):
         # Shot noise: photon counts are Poisson. Real-ESRGAN counts 2^ceil(log2(distinct levels))
         # photons at full scale, so a flat image gets stronger noise than a detailed one.
         plane = _quantise(plane)
-        levels = 2. ** math.ceil(math.log2(torch.unique(plane).numel()))
+        distinct = int(torch.bincount((plane * 255.).round().long().flatten(), minlength=256).count_nonzero())
+        levels = 2. ** math.ceil(math.log2(distinct))
         noise = (torch.poisson(plane * levels, generator=generator) / levels - plane) * amount
     return (img + noise).clamp(0., 1.)  # (1, 3, H, W): a (1, 1, H, W) noise broadcasts over R, G, B
 
@@ -248,9 +251,20 @@ def degrade(hr_imgs, keys, scaling_factor):
     side = max(kernel.shape[-1] for kernel in first_kernels)
     kernels = torch.stack([F.pad(k, [(side - k.shape[-1]) // 2] * 4) for k in first_kernels])  # (N, side, side)
     blurred = blur(hr_imgs.float(), kernels.to(hr_imgs.device))  # (N, 3, H, W)
-    # From here the sizes differ per image, so each image goes its own way.
+    # From here the sizes differ per image, so each image goes its own way. The images are small
+    # and their operations single-threaded, so they run side by side on the CPU's threads (the
+    # operations release Python's lock); each image's result depends only on its own key.
     lr_size = (height // scaling_factor, width // scaling_factor)
-    return torch.cat([_degrade_rest(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])
+    rest = lambda i: _degrade_rest(blurred[i:i + 1], rngs[i], lr_size)
+    if n == 1 or hr_imgs.device.type != 'cpu':
+        return torch.cat([rest(i) for i in range(n)])
+    return torch.cat(list(_thread_pool().map(rest, range(n))))  # (N, 3, h, w)
+
+
+@functools.lru_cache(maxsize=1)
+def _thread_pool():
+    """The threads that degrade a batch's images side by side: one per core torch uses."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=torch.get_num_threads())
 
 
 def _degrade_rest(img, rng, lr_size):
