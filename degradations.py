@@ -28,7 +28,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
 
 DEGRADATIONS = ('bicubic', 'realistic')  # 'bicubic': the paper's clean shrink (utils.ImageTransforms)
 
@@ -220,6 +219,7 @@ def jpeg(img, quality):
     deprecated in favour of TorchCodec; until they go, its warning is silenced here only, and
     Pillow's JPEG is the drop-in replacement.
     """
+    from torchvision.io import decode_jpeg, encode_jpeg  # here: importing the core stays fast (no torchvision)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         encoded = encode_jpeg((_quantise(img[0]) * 255.).to('cpu', torch.uint8), quality=quality)

@@ -947,9 +947,10 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
 
 def test_importing_the_core_has_no_side_effects(tmp_path):
-    code = ("import sys, torch, utils, models, datasets, runtime\n"
+    code = ("import sys, torch, utils, models, datasets, degradations, runtime\n"
             "assert not torch.cuda.is_initialized()\n"
-            "tensors = [name for module in (utils, models, datasets, runtime) for name, value in vars(module).items()\n"
+            "tensors = [name for module in (utils, models, datasets, degradations, runtime)\n"
+            "           for name, value in vars(module).items()\n"
             "           if isinstance(value, torch.Tensor)]\n"
             "assert not tensors, tensors\n"
             "slow = [name for name in ('torchvision', 'skimage', 'matplotlib') if name in sys.modules]\n"
