@@ -23,12 +23,17 @@ repeats interleaved, so a machine busy with something else slows both alike):
    channels_last 3x3 convolution measured here.
 4. Tiling: the cost of super_resolve.py's tiled inference at its default tile size against the
    whole image at once, on the largest inference input.
+5. Precision: super_resolve.py's inference in float32 and in half precision (what its
+   precision='auto' picks here, or `precisions`), with the trained `precision_checkpoint`: the
+   time on the largest inference input, and on the images of `precision_images`, shrunk 4x as
+   eval.py does, how far each pixel moves from float32 (grey levels) and the PSNR change.
 
 The weights are random (speed does not depend on them), with random BatchNorm statistics so
-that the folding has something to fold. Training reads the real images in `train_folder`; where
-that folder is missing it makes synthetic ones, and says so. Prints a table, writes it as JSON to
-`results_file`. A section that fails prints a note and the others still run; outputs that
-disagree stop the script with an error after the results are written.
+that the folding has something to fold; section 5 uses trained ones, whose differences are a real
+model's. Training reads the real images in `train_folder`; where that folder is missing it makes
+synthetic ones, and says so. Prints a table, writes it as JSON to `results_file`. A section that
+fails prints a note and the others still run; outputs that disagree stop the script with an error
+after the results are written.
 """
 import contextlib
 import csv
@@ -82,7 +87,10 @@ train_args: str = ''  # extra --key=value overrides for every train_srresnet.py 
 srgan_batch_sizes: list = [16, 64]  # train_srgan.py batches timed, with the MSE and the VGG54 content losses
 srgan: bool = True  # also time a train_srgan.py iteration
 peak_conv_shape: list = [1, 256, 128, 128]  # (N, C, H, W) of the C->C 3x3 conv that measures the peak
-sections: str = 'peak,inference,training'  # which to run, comma-separated (tiling is part of inference)
+precision_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # section 5's model (trained: its differences are real)
+precision_images: str = 'examples'  # section 5's HR images for the differences and PSNR (e.g. a Set14 folder)
+precisions: list = []  # half precisions section 5 compares with fp32 ([] = the one precision='auto' picks here)
+sections: str = 'peak,inference,precision,training'  # which to run, comma-separated (tiling is part of inference)
 # Results
 results_file: str = 'runs/bench/bench.json'  # the same numbers as the printed table
 # System
@@ -504,6 +512,59 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     return result
 
 
+def bench_precision(config, device):
+    """Section 5: super_resolve.py's inference in float32 and each half precision, with trained weights.
+
+    Speed: the whole largest inference input (upscale_tensor, no tiles), batch 1, the precisions
+    interleaved. Differences: each image of precision_images is centre-cropped to divide by the
+    scale and shrunk with Pillow's bicubic filter, as eval.py does, and super-resolved in every
+    precision; the 8-bit outputs are compared with float32's, and PSNR is measured on Y as eval.py
+    measures it. Returns the section's dict, or None where there is no half precision to compare.
+    """
+    import super_resolve
+    halves = config.precisions or [name for name, dtype in super_resolve.PRECISIONS.items() if name != 'fp32'
+                                    and dtype == super_resolve.inference_dtype(device, 'auto')]
+    if not halves:
+        print("  precision='auto' keeps fp32 on this device: nothing to compare (--precisions=\"['bf16']\" asks)")
+        return None
+    models = {name: super_resolve.load_inference_model(config.precision_checkpoint, device, super_resolve.channels_last,
+                                                       dtype=super_resolve.inference_dtype(device, name))
+              for name in ['fp32'] + halves}
+    s = super_resolve.scaling_factor_of(models['fp32'])
+    width, height = max(config.inference_sizes, key=lambda size: size[0] * size[1])
+    generator = torch.Generator().manual_seed(config.seed)
+    lr_img = torch.randn(1, 3, height, width, generator=generator).to(device)  # (1, 3, h, w), ImageNet-normed
+    print(f"  precision {width}x{height}: {', '.join(models)}, {config.inference_repeats} timed runs each")
+    seconds, _ = time_interleaved({name: lambda model=model: super_resolve.upscale_tensor(model, lr_img, 0, 0)
+                                   for name, model in models.items()}, device, config.inference_repeats)
+
+    paths = utils.list_images(config.precision_images)
+    if not paths:
+        raise FileNotFoundError(f"precision_images {config.precision_images!r} holds no images")
+    transform = utils.ImageTransforms('test', 0, s, 'imagenet-norm', '[0, 1]')
+    outputs, psnrs = {name: [] for name in models}, {name: [] for name in models}
+    for path in paths:
+        with Image.open(path) as img:
+            lr_norm, hr = transform(utils.pil_to_rgb(img))  # (3, h, w) ImageNet-normed, (3, h * s, w * s) in [0, 1]
+        hr_pil = utils.convert_image(hr, source='[0, 1]', target='pil')
+        for name, model in models.items():
+            sr = super_resolve.upscale_tensor(model, lr_norm.unsqueeze(0).to(device), 0, 0)[0]  # (3, H, W), in [-1, 1]
+            sr_pil = utils.convert_image(sr.float(), source='[-1, 1]', target='pil')  # rounded to 8 bits, as eval.py
+            outputs[name].append(np.asarray(sr_pil, dtype=np.int16))
+            psnrs[name].append(utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=s)[0])
+    rows = []
+    for name in models:
+        differences = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs[name], outputs['fp32'])])
+        psnr = float(np.mean(psnrs[name]))
+        rows.append({'precision': name, 'seconds': seconds[name],
+                     'mp_per_s': width * height * s * s / seconds[name] / 1e6,
+                     'speedup': seconds['fp32'] / seconds[name], 'max_grey_diff': int(differences.max()),
+                     'mean_grey_diff': float(differences.mean()), 'psnr': psnr,
+                     'psnr_change': psnr - float(np.mean(psnrs['fp32']))})
+    return {'checkpoint': config.precision_checkpoint, 'lr_size': [width, height], 'images': config.precision_images,
+            'n_images': len(paths), 'rows': rows}
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +607,17 @@ def print_table(results):
         print(f"\n4. Tiling, {tiling['lr_size'][0]}x{tiling['lr_size'][1]} LR, tiles of {tiling['tile_size']} px "
               f"(overlap {tiling['tile_overlap']}): whole {tiling['whole_s']:.2f} s, tiled {tiling['tiled_s']:.2f} s, "
               f"overhead {tiling['overhead']:+.1%}")
+    precision = results.get('precision')
+    if precision:
+        (w, h), n = precision['lr_size'], precision['n_images']
+        print(f"\n5. Precision, {precision['checkpoint']}: time on {w}x{h} at batch 1; differences from fp32 and "
+              f"PSNR on {n} image(s) of {precision['images']}, shrunk 4x")
+        print(f"   {'precision':<11}{'s':>8}{'MP/s':>8}{'speedup':>9}{'max |diff|':>12}{'mean |diff|':>13}"
+              f"{'PSNR dB':>9}{'change':>9}")
+        for row in precision['rows']:
+            print(f"   {row['precision']:<11}{row['seconds']:>8.3f}{row['mp_per_s']:>8.3f}{row['speedup']:>8.2f}x"
+                  f"{row['max_grey_diff']:>12}{row['mean_grey_diff']:>13.3f}{row['psnr']:>9.3f}"
+                  f"{row['psnr_change']:>+9.4f}")
     for note in results['notes']:
         print(f"note: {note}")
 
@@ -566,7 +638,7 @@ def main(argv):
                'threads': torch.get_num_threads(), 'interop_threads': torch.get_num_interop_threads(),
                'cpu_count': os.cpu_count(), 'load_average_start': load_average(),
                'config': vars(config), 'macs_per_lr_pixel': macs, 'inference': None, 'training': None,
-               'peak_gflop_per_s': None, 'tiling': None, 'notes': []}
+               'peak_gflop_per_s': None, 'tiling': None, 'precision': None, 'notes': []}
     notes, peaks = results['notes'], {}
     precisions = {'fp32': torch.float32}
     precision, autocast_dtype = training_precision(device)
@@ -586,6 +658,7 @@ def main(argv):
             ('peak', measure_peaks),
             ('inference', lambda: results.update(zip(('inference', 'tiling'), bench_inference(
                 config, device, checkpoint_path, state_dict, model_args, macs)))),
+            ('precision', lambda: results.update(precision=bench_precision(config, device))),
             ('training', lambda: results.update(training=bench_training(
                 config, device, tmp, checkpoint_path, model_args, macs, notes,
                 lambda training: utils.save_json({**results, 'peak_gflop_per_s': peaks, 'training': training},

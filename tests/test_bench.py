@@ -88,8 +88,9 @@ def test_bench_runs_and_writes_its_json(tmp_path, monkeypatch):
     written = json.loads(results_file.read_text())
     assert written == json.loads(json.dumps(results))
     for key in ('device', 'torch', 'threads', 'macs_per_lr_pixel', 'peak_gflop_per_s', 'inference', 'training',
-                'tiling', 'notes', 'config'):
+                'tiling', 'precision', 'notes', 'config'):
         assert key in written, key
+    assert [row['precision'] for row in written['precision']['rows']] == ['fp32', 'bf16']  # 'auto' on AMX: bf16
     assert [row['lr_size'] for row in written['inference']] == [[12, 10], [20, 14]]
     for row in written['inference']:
         assert row['project_mp_per_s'] > 0 and row['plain_mp_per_s'] > 0 and row['speedup'] > 0
@@ -130,3 +131,22 @@ def test_bench_with_no_srresnet_batches_times_nothing_and_fails_nothing(tmp_path
         '--synthetic_images=2', f'--results_file={tmp_path / "bench.json"}'])
     assert results['training']['runs'] == []
     assert not any('failed' in note for note in results['notes']), results['notes']
+
+
+def test_precision_section_compares_half_precision_with_float32(tmp_path, monkeypatch):
+    """Section 5 times fp32 and bf16 with the shipped model, and measures bf16's differences on the
+    bundled example as eval.py measures PSNR: fp32 against itself is exact, bf16 is not, and moves
+    PSNR by less than the 0.02 dB that super_resolve.py's precision='auto' may cost."""
+    results = bench.main(['--sections=precision', '--inference_sizes=[[20, 14]]', '--inference_repeats=1',
+                          "--precisions=['bf16']", f'--results_file={tmp_path / "bench.json"}'])
+    section = results['precision']
+    assert section['lr_size'] == [20, 14] and section['images'] == 'examples' and section['n_images'] == 1
+    fp32, bf16 = section['rows']
+    assert (fp32['precision'], bf16['precision']) == ('fp32', 'bf16')
+    assert fp32['max_grey_diff'] == 0 and fp32['psnr_change'] == 0 and fp32['speedup'] == 1
+    assert 0 < bf16['mean_grey_diff'] < 0.25 and bf16['max_grey_diff'] <= 9 and abs(bf16['psnr_change']) <= 0.02
+    assert bf16['seconds'] > 0 and bf16['mp_per_s'] > 0 and 25 < fp32['psnr'] < 40
+    # Where precision='auto' keeps fp32 (a CPU without AMX), there is nothing to compare.
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: False)
+    results = bench.main(['--sections=precision', f'--results_file={tmp_path / "bench2.json"}'])
+    assert results['precision'] is None and not results['notes']
