@@ -41,7 +41,7 @@ from torch import nn
 
 import runtime
 import utils
-from models import ShuffledConv2d
+from models import freeze_shuffled_convolutions
 from super_resolve import prepare_for_inference, scaling_factor_of, srgan_label
 
 # ----------------------------------------------------------------------------------------------
@@ -70,25 +70,6 @@ class ZeroOneSR(nn.Module):
         lr_imgs = utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm')  # as the network was trained
         sr_imgs = self.model(lr_imgs)  # (N, 3, h * s, w * s), in [-1, 1]
         return utils.convert_image(sr_imgs, source='[-1, 1]', target='[0, 1]')  # (N, 3, h * s, w * s), in [0, 1]
-
-
-def freeze_shuffled_convolutions(model):
-    """Replace every ShuffledConv2d by a plain Conv2d holding the kernel it gathers, then the pixel
-    shuffle: the same numbers, with no gather of the weights at every run (for export and
-    inference only: the Conv2d's weights are copies). Works in place and returns the model."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, ShuffledConv2d):
-                zero = child.weight.new_zeros(1)
-                kernel = torch.cat([child.weight.detach().reshape(-1), zero])[child.kernel_index][:child.n_out]
-                bias = torch.cat([child.bias.detach(), zero])[child.bias_index][:child.n_out]  # the padding cut off
-                conv = nn.Conv2d(kernel.shape[1], child.n_out, kernel.shape[-1], padding=child.conv_padding)
-                with torch.no_grad():
-                    conv.weight.copy_(kernel)  # (C_out * r * r, C_in * r * r, 5, 5) for the SRResNet's last layer
-                    conv.bias.copy_(bias)
-                layers = [nn.ZeroPad2d(child.padding)] if any(child.padding) else []
-                setattr(module, name, nn.Sequential(*layers, conv, nn.PixelShuffle(child.upscale_factor)))
-    return model
 
 
 def export_model(model, opset):

@@ -344,6 +344,25 @@ def shuffle_last_convolution(model):
     return model
 
 
+def freeze_shuffled_convolutions(model):
+    """Replace every ShuffledConv2d by a plain Conv2d holding the kernel it gathers, then the pixel
+    shuffle: the same numbers, with no gather of the weights at every run (for export and
+    inference only: the Conv2d's weights are copies). Works in place and returns the model."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, ShuffledConv2d):
+                zero = child.weight.new_zeros(1)
+                kernel = torch.cat([child.weight.detach().reshape(-1), zero])[child.kernel_index][:child.n_out]
+                bias = torch.cat([child.bias.detach(), zero])[child.bias_index][:child.n_out]  # the padding cut off
+                conv = nn.Conv2d(kernel.shape[1], child.n_out, kernel.shape[-1], padding=child.conv_padding)
+                with torch.no_grad():
+                    conv.weight.copy_(kernel)  # (C_out * r * r, C_in * r * r, 5, 5) for the SRResNet's last layer
+                    conv.bias.copy_(bias)
+                layers = [nn.ZeroPad2d(child.padding)] if any(child.padding) else []
+                setattr(module, name, nn.Sequential(*layers, conv, nn.PixelShuffle(child.upscale_factor)))
+    return model
+
+
 class _SingleSlopePReLU(torch.autograd.Function):
     """prelu(x, slope) for one slope, whose backward is written with a leaky ReLU's backward."""
 

@@ -30,6 +30,8 @@ at quality `video_crf`, in the input's container (MP4 for one that cannot hold H
 WebM), with the input's frames, their timestamps (so its frame rate, and its sync with the sound)
 and its pixel aspect ratio. Each audio stream is copied packet for packet where the container
 takes its codec, else re-encoded as AAC. A progress bar shows frames per second and the time left.
+The container work (decoding, the encoder's settings, the sound, the check for a truncated file)
+is video.py's.
 
 `precision` picks the arithmetic: 'auto' is fp16 on CUDA, bf16 on a CPU with AMX and fp32
 elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most 0.0011 dB and a
@@ -58,7 +60,6 @@ names are not an image's, and Pillow cannot read them: notes, sidecar files) are
 note and do not count as failures.
 """
 import collections
-import fractions
 import math
 import os
 import re
@@ -66,13 +67,13 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 import runtime
 import utils
+import video
 from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
 
 # ----------------------------------------------------------------------------------------------
@@ -103,14 +104,9 @@ max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP,
 # plus about 1.3 GB for PyTorch, the model and one default tile's activations.
 BYTES_PER_OUTPUT_PIXEL = 22
 FIXED_BYTES = 1.3e9
-# Video files, by extension, and the FFmpeg muxer of each container that an output keeps (those
-# that hold H.264; outputs of the others are MP4s).
-VIDEO_CONTAINERS = {'.mp4': 'mp4', '.m4v': 'mp4', '.mov': 'mov', '.mkv': 'matroska', '.avi': 'avi', '.flv': 'flv'}
-VIDEO_EXTENSIONS = tuple(VIDEO_CONTAINERS) + ('.webm', '.wmv', '.mpg', '.mpeg', '.ts', '.3gp', '.ogv')
-AUDIO_BIT_RATE = 192_000  # bits per second of audio that has to be re-encoded (AAC)
 # What this script names its outputs (see the docstring): never read back as inputs.
-EARLIER_OUTPUT = re.compile(r'_(x[248]|compare)(_\d+)?\.(png|' + '|'.join(ext[1:] for ext in VIDEO_CONTAINERS) + ')$')
-PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+EARLIER_OUTPUT = re.compile(r'_(x[248]|compare)(_\d+)?\.(png|'
+                            + '|'.join(ext[1:] for ext in video.VIDEO_CONTAINERS) + ')$')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +122,7 @@ def load_inference_model(checkpoint, device, channels_last=True, kind='', dtype=
         device: where the model runs.
         channels_last: store the weights in NHWC memory format (faster convolutions).
         kind: 'srresnet' or 'srgan' to insist on that kind of checkpoint, '' for either.
-        dtype: what the model computes in (inference_dtype).
+        dtype: what the model computes in (runtime.inference_dtype).
 
     Returns the model of prepare_for_inference, in eval mode.
     """
@@ -146,29 +142,6 @@ def prepare_for_inference(model, channels_last=True, dtype=torch.float32):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.to(dtype)
-
-
-def inference_dtype(device, precision='auto'):
-    """The dtype a model computes in on `device` for a `precision` of 'auto', 'fp32', 'bf16' or 'fp16'.
-
-    'auto' is float16 on CUDA, bfloat16 on a CPU with bf16 matrix units (AMX), float32 elsewhere.
-    Measured with the shipped SRResNet and SRGAN-MSE on Set14 (the README's table), either half
-    precision moved PSNR by at most 0.0011 dB, well inside the 0.02 dB that 'auto' may cost, and
-    a pixel by at most 9 grey levels. bf16 ran 3.6-3.8x faster than float32 on a Xeon with AMX;
-    fp16 ran at 0.72x float32's speed on that CPU, so it is chosen only on CUDA, where its
-    differences are those measured with fp16 on that CPU (cuDNN may round a little differently)
-    and its speed was not measured on a GPU. A CPU without AMX runs bf16 convolutions far slower
-    than float32 (10x in training on a Zen 3 EPYC), so it stays float32.
-    """
-    if precision not in ('auto', *PRECISIONS):
-        raise runtime.ConfigError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    if precision == 'auto':
-        if device.type == 'cuda':
-            return torch.float16
-        if device.type == 'cpu' and runtime.cpu_has_bf16_matrix_units():
-            return torch.bfloat16
-        return torch.float32
-    return PRECISIONS[precision]
 
 
 def srgan_label(checkpoint):
@@ -381,8 +354,8 @@ class NotAnImage(Exception):
 
 
 class BadImage(Exception):
-    """An image or video that cannot be super-resolved (corrupt, truncated, too small, too large): the
-    run goes on without it."""
+    """An image that cannot be super-resolved (corrupt, truncated, too small, too large): the run goes
+    on without it. (A video's is video.BadVideo.)"""
 
 
 def _input_files(path):
@@ -398,11 +371,11 @@ def _input_files(path):
 
 def output_extension(path):
     """An input's output extension: '.png' for an image; for a video its own container's where
-    that holds H.264 (VIDEO_CONTAINERS: '.mkv', '.mov', ...), else '.mp4'."""
+    that holds H.264 (video.VIDEO_CONTAINERS: '.mkv', '.mov', ...), else '.mp4'."""
     extension = os.path.splitext(path)[1].lower()
-    if extension not in VIDEO_EXTENSIONS:
+    if extension not in video.VIDEO_EXTENSIONS:
         return '.png'
-    return extension if extension in VIDEO_CONTAINERS else '.mp4'
+    return extension if extension in video.VIDEO_CONTAINERS else '.mp4'
 
 
 def plain_output_name(path, suffix):
@@ -499,69 +472,22 @@ def check_writable(folder):
 
 
 # ----------------------------------------------------------------------------------------------
-# Videos
+# Videos (the container work, PyAV's, is in video.py)
 # ----------------------------------------------------------------------------------------------
 
 def is_video(path):
-    """Whether a file is taken for a video: by its extension (VIDEO_EXTENSIONS)."""
-    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    """Whether a file is taken for a video: by its extension (video.VIDEO_EXTENSIONS)."""
+    return os.path.splitext(path)[1].lower() in video.VIDEO_EXTENSIONS
 
 
-def _unreadable_video(path, error):
-    """The BadImage of a video that FFmpeg cannot read: the file's name and FFmpeg's reason, one line."""
-    reason = getattr(error, 'strerror', None) or str(error)
-    return BadImage(f"{path}: not a readable video, corrupt or truncated ({type(error).__name__}: {reason})")
+def upscale_frames(model, rgb_frames, device, tile_size, tile_overlap):
+    """Super-resolve a batch of video frames through upscale_tensor, the images' tiled path.
 
-
-def _read(packets_or_frames, path):
-    """Iterate over PyAV's packets or decoded frames, turning a read or decode error into BadImage."""
-    import av
-    try:
-        yield from packets_or_frames
-    except av.FFmpegError as error:
-        raise _unreadable_video(path, error) from None
-
-
-def _add_audio_stream(sink, audio_in):
-    """The output stream for an input audio stream, and whether its packets are copied: as they are
-    where the output's container takes the codec, else decoded and re-encoded as AAC."""
-    if audio_in.codec_context.name in sink.supported_codecs:
-        return sink.add_stream_from_template(audio_in), True
-    aac_rates = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
-    layout = audio_in.layout.name
-    if layout.endswith('channels'):  # channels in no named order (WMA's): FFmpeg's usual order for as many
-        layout = {1: 'mono', 6: '5.1', 8: '7.1'}.get(audio_in.layout.nb_channels, 'stereo')
-    audio_out = sink.add_stream('aac', rate=audio_in.sample_rate if audio_in.sample_rate in aac_rates else 48000,
-                                layout=layout)
-    audio_out.format, audio_out.bit_rate = 'fltp', AUDIO_BIT_RATE  # fltp: the samples AAC encodes
-    return audio_out, False  # PyAV resamples the decoded frames to what the encoder takes
-
-
-def _add_video_stream(sink, video_in, s, rate, crf):
-    """The H.264 output stream for `video_in`, s times larger, on the input's clock, with its pixel
-    aspect ratio and colour tags; returns (stream, the input's colour tags)."""
-    video_out = sink.add_stream('libx264', rate=rate, options={'crf': str(crf)})
-    video_out.width, video_out.height, video_out.pix_fmt = video_in.width * s, video_in.height * s, 'yuv420p'
-    # The input's time base: each frame's timestamp is carried over exactly, variable rates included.
-    video_out.time_base = video_out.codec_context.time_base = video_in.time_base
-    if video_in.sample_aspect_ratio:
-        video_out.codec_context.sample_aspect_ratio = video_in.sample_aspect_ratio
-    # Set now, from the stream's parameters: the first packet muxed (often audio) opens every encoder.
-    colour = {tag: getattr(video_in.codec_context, tag) for tag in ('colorspace', 'color_range', 'color_primaries',
-                                                                    'color_trc')}
-    for tag, value in colour.items():
-        setattr(video_out.codec_context, tag, value)
-    return video_out, colour
-
-
-def upscale_frames(model, frames, device, tile_size, tile_overlap):
-    """Super-resolve a batch of decoded PyAV frames through upscale_tensor, the images' tiled path.
-
-    Returns (N, H, W, 3) uint8 RGB arrays, s times larger, rounded to the nearest grey level as
-    upscale_image rounds. PyAV converts each frame to RGB with its own matrix and range.
+    rgb_frames: (N, h, w, 3) uint8 RGB arrays, as video.write_upscaled decodes them.
+    Returns (N, h * s, w * s, 3) uint8 RGB arrays, rounded to the nearest grey level as
+    upscale_image rounds.
     """
-    rgb = np.stack([frame.to_ndarray(format='rgb24') for frame in frames])  # (N, h, w, 3), uint8
-    lr_imgs = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255.  # (N, 3, h, w), in [0, 1]
+    lr_imgs = torch.from_numpy(rgb_frames).to(device).permute(0, 3, 1, 2).float() / 255.  # (N, 3, h, w), in [0, 1]
     lr_imgs = utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm')  # (N, 3, h, w)
     sr_imgs = upscale_tensor(model, lr_imgs, tile_size, tile_overlap)  # (N, 3, h * s, w * s), in [-1, 1]
     sr_imgs = utils.convert_image(sr_imgs.float(), source='[-1, 1]', target='[0, 255]')  # float32: bf16 has no 8 bits
@@ -576,7 +502,7 @@ def upscale_video(model, path, out_path, device, tile_size, tile_overlap, crf=vi
     Args:
         model: from load_inference_model, on `device`.
         path: the video file.
-        out_path: the output file; its extension names its container (VIDEO_CONTAINERS).
+        out_path: the output file; its extension names its container (video.VIDEO_CONTAINERS).
         device: where the model is.
         tile_size, tile_overlap: as for upscale_tensor, which every frame goes through.
         crf: x264's constant rate factor (lower: better and larger).
@@ -584,109 +510,30 @@ def upscale_video(model, path, out_path, device, tile_size, tile_overlap, crf=vi
         max_megapixels: refuse a video whose frames' outputs are larger (size_problem), from its header.
         progress: show a progress bar over the frames, with frames per second and the time left.
 
-    Frames are decoded, upscaled and encoded as they come, so one batch of frames is in memory,
-    never the video. Each output frame keeps its input frame's timestamp: the frame count, the
-    frame rate (constant or variable) and the sync with the sound stay the input's. The pixel
-    aspect ratio and the colour tags are copied, and colours go to RGB and back with the input's
-    own matrix and range. Audio streams are copied packet for packet where the output container
-    takes their codec, else re-encoded as AAC; subtitle and data streams are left out. The file is
-    written under a temporary name and renamed when it is complete (utils.atomic_write).
+    The frames are streamed (one batch in memory), keep their timestamps, pixel aspect ratio and
+    colours, and the sound is copied or re-encoded as AAC: video.py says how. The file is written
+    under a temporary name and renamed when it is complete.
 
     Returns {'frames': frames written, 'size': the input's (width, height), 'rate': its frame
-    rate, 'audio': what became of each audio stream}. Raises BadImage for a file that FFmpeg
-    cannot read or write, one without a video stream, frames too large, or a video that ends
-    before its header says (truncated).
+    rate, 'audio': what became of each audio stream}. Raises video.BadVideo for a file that
+    FFmpeg cannot read or write, one without a video stream, frames too large, or a video that
+    ends before its header says (truncated).
     """
-    import av  # here: only videos need PyAV
     s = scaling_factor_of(model)
-    try:
-        source = av.open(path)
-    except av.FFmpegError as error:
-        raise _unreadable_video(path, error) from None
-    with source:
-        # The first moving picture: not a cover image stored as a one-frame video stream.
-        video_in = next((stream for stream in source.streams.video
-                         if not stream.disposition & av.stream.Disposition.attached_pic), None)
-        if video_in is None:
-            raise BadImage(f"{path}: holds no video stream")
-        audio_in = list(source.streams.audio)
-        video_in.thread_type = 'AUTO'  # decode on several threads where the codec allows
-        problem = size_problem(video_in.width, video_in.height, 'upscale', False, s, max_megapixels)
+    with video.open_video(path) as source:
+        width, height = source.video.width, source.video.height
+        problem = size_problem(width, height, 'upscale', False, s, max_megapixels)
         if problem:
-            raise BadImage(f"{path}: its frames of {problem}")
-        # Frames per second: x264's rate control needs one, even for a variable rate.
-        rate = video_in.average_rate or video_in.guessed_rate or video_in.base_rate or fractions.Fraction(25)
-        frame_ticks = 1 / (rate * video_in.time_base)  # one frame's duration, in time-base units
-        declared_seconds = (float(video_in.duration * video_in.time_base) if video_in.duration
-                            else source.duration / 1e6 if source.duration else None)
-        expected_frames = video_in.frames or (round(declared_seconds * rate) if declared_seconds else None)
-        bar = tqdm(total=expected_frames, desc=os.path.basename(path), unit='frame', leave=False,
-                   disable=not progress, dynamic_ncols=True,
-                   bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]')
-        try:
-            with utils.atomic_write(out_path) as f, \
-                    av.open(f, 'w', format=VIDEO_CONTAINERS[os.path.splitext(out_path)[1].lower()]) as sink:
-                video_out, colour = _add_video_stream(sink, video_in, s, rate, crf)
-                audio_out = {stream.index: _add_audio_stream(sink, stream) for stream in audio_in}
-                batch, batch_pts, first_pts, last_pts, written = [], [], None, None, 0
+            raise video.BadVideo(f"{path}: its frames of {problem}")
 
-                def encode_batch():
-                    for array, frame_pts in zip(upscale_frames(model, batch, device, tile_size, tile_overlap),
-                                                batch_pts):
-                        # To YUV with the input's own matrix and range, which the output's tags declare.
-                        out_frame = av.VideoFrame.from_ndarray(array, format='rgb24').reformat(
-                            format='yuv420p', dst_colorspace=colour['colorspace'],
-                            dst_color_range=colour['color_range'])
-                        out_frame.pts, out_frame.time_base = frame_pts, video_in.time_base
-                        sink.mux(video_out.encode(out_frame))
-                    bar.update(len(batch))
-                    batch.clear()
-                    batch_pts.clear()
+        def upscale(rgb_frames):  # (N, h, w, 3) -> (N, h * s, w * s, 3), uint8 RGB
+            return upscale_frames(model, rgb_frames, device, tile_size, tile_overlap)
 
-                for packet in _read(source.demux(video_in, *audio_in), path):
-                    if packet.stream.index in audio_out:
-                        stream, copied = audio_out[packet.stream.index]
-                        if copied and packet.dts is not None:  # None: the empty packet that ends a stream
-                            packet.stream = stream
-                            sink.mux(packet)
-                        elif not copied:
-                            for frame in _read(packet.decode(), path):
-                                sink.mux(stream.encode(frame))
-                        continue
-                    for frame in _read(packet.decode(), path):  # the last, empty packet flushes the decoder
-                        frame_pts = frame.pts
-                        if frame_pts is None:  # a container without timestamps: a steady rate
-                            frame_pts = 0 if last_pts is None else round(last_pts + frame_ticks)
-                        if last_pts is not None and frame_pts <= last_pts:  # x264 needs rising timestamps
-                            frame_pts = last_pts + 1
-                        first_pts = frame_pts if first_pts is None else first_pts
-                        last_pts = frame_pts
-                        batch.append(frame)
-                        batch_pts.append(frame_pts)
-                        written += 1
-                        if len(batch) == batch_size:
-                            encode_batch()
-                if batch:
-                    encode_batch()
-                if written == 0:
-                    raise BadImage(f"{path}: no frame could be decoded")
-                # A file cut short can read to its end without an error (Matroska does): its frames end early.
-                seconds = float((last_pts - first_pts + frame_ticks) * video_in.time_base)
-                if declared_seconds and seconds < declared_seconds - max(1., float(2 / rate)):
-                    raise BadImage(f"{path}: truncated or corrupt: its frames cover {seconds:.2f} s of the "
-                                   f"{declared_seconds:.2f} s its header declares")
-                sink.mux(video_out.encode(None))  # the frames the encoder still holds
-                for stream, copied in audio_out.values():
-                    if not copied:
-                        sink.mux(stream.encode(None))
-        except av.FFmpegError as error:  # reading errors are BadImage already: this one is the writing's
-            raise BadImage(f"{path}: FFmpeg could not write {out_path} ({type(error).__name__}: "
-                           f"{getattr(error, 'strerror', None) or error})") from None
-        finally:
-            bar.close()
-        audio = [f"{stream.codec_context.name} {'copied' if copied else 're-encoded as AAC'}"
-                 for stream, (_, copied) in zip(audio_in, audio_out.values())]
-    return {'frames': written, 'size': (video_in.width, video_in.height), 'rate': rate, 'audio': audio}
+        with tqdm(total=source.expected_frames, desc=os.path.basename(path), unit='frame', leave=False,
+                  disable=not progress, dynamic_ncols=True,
+                  bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]') as bar:
+            result = video.write_upscaled(source, out_path, upscale, s, crf, batch_size, on_batch=bar.update)
+    return {'frames': result['frames'], 'size': (width, height), 'rate': source.rate, 'audio': result['audio']}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -719,15 +566,15 @@ def main(argv):
     runtime.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")
     runtime.require(0 <= config.video_crf <= 51, f"video_crf must be in 0..51 (x264's scale), got {config.video_crf}")
     runtime.require(config.video_batch >= 0, f"video_batch must be >= 0 (0 = automatic), got {config.video_batch}")
-    inference_dtype(torch.device('cpu'), config.precision)  # checks the name before anything is written
+    runtime.inference_dtype(torch.device('cpu'), config.precision)  # checks the name before anything is written
     if not os.path.exists(config.input_path):
         raise FileNotFoundError(f"input not found: {config.input_path!r}")
     check_writable(config.output_folder)
     utils.remove_stale_temporaries(config.output_folder)  # what a killed run was writing, never a finished output
     device = runtime.pick_device(config.device)
-    dtype = inference_dtype(device, config.precision)
+    dtype = runtime.inference_dtype(device, config.precision)
     video_batch = config.video_batch or (8 if device.type == 'cuda' else 1)
-    print(f"Device: {device}, precision {next(name for name, d in PRECISIONS.items() if d == dtype)}")
+    print(f"Device: {device}, precision {next(name for name, d in runtime.PRECISIONS.items() if d == dtype)}")
 
     try:
         sr_model, sr_checkpoint = runtime.load_sr_model(config.checkpoint, device, kind=config.model)
@@ -768,15 +615,15 @@ def main(argv):
             out_path = _free_path(planned_path)  # chosen before the first frame: writing takes a while
             started = time.perf_counter()
             try:
-                video = upscale_video(sr_model, path, out_path, device, config.tile_size, config.tile_overlap,
-                                      config.video_crf, video_batch, config.max_output_megapixels)
-            except BadImage as error:
+                result = upscale_video(sr_model, path, out_path, device, config.tile_size, config.tile_overlap,
+                                       config.video_crf, video_batch, config.max_output_megapixels)
+            except video.BadVideo as error:
                 tqdm.write(f"Failed: {error}")
                 failed.append(path)
                 continue
-            (width, height), frames = video['size'], video['frames']
+            (width, height), frames = result['size'], result['frames']
             tqdm.write(f"Wrote {out_path} ({frames} frames of {width * s}x{height * s}, from {width}x{height}, "
-                       f"{float(video['rate']):.3g} fps; audio: {', '.join(video['audio']) or 'none'}) "
+                       f"{float(result['rate']):.3g} fps; audio: {', '.join(result['audio']) or 'none'}) "
                        f"at {frames / (time.perf_counter() - started):.2f} frames/s")
             written.append(out_path)
             continue

@@ -20,7 +20,7 @@ import torch
 
 import export_onnx
 import runtime
-from models import SRResNet
+from models import ShuffledConv2d, SRResNet, freeze_shuffled_convolutions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_ARGS = {'n_blocks': 2, 'n_channels': 16, 'scaling_factor': 4}
@@ -99,9 +99,9 @@ def test_frozen_shuffled_convolution_computes_what_the_shuffled_one_does():
     lr_imgs = torch.randn(2, 3, 7, 6)
     with torch.no_grad():
         expected = model(lr_imgs)
-        frozen = export_onnx.freeze_shuffled_convolutions(
+        frozen = freeze_shuffled_convolutions(
             export_onnx.prepare_for_inference(model, channels_last=False))
-        assert not any(isinstance(module, export_onnx.ShuffledConv2d) for module in frozen.modules())
+        assert not any(isinstance(module, ShuffledConv2d) for module in frozen.modules())
         torch.testing.assert_close(frozen(lr_imgs), expected, atol=1e-5, rtol=0)
 
 

@@ -623,13 +623,13 @@ def test_with_no_arguments_it_upscales_the_example(tmp_path):
 def test_auto_precision_is_fp16_on_cuda_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(monkeypatch):
     for has_amx, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
-        assert super_resolve.inference_dtype(CPU, 'auto') == expected
-        assert super_resolve.inference_dtype(torch.device('cuda'), 'auto') == torch.float16  # no GPU needed to ask
-        assert super_resolve.inference_dtype(torch.device('mps'), 'auto') == torch.float32
+        assert runtime.inference_dtype(CPU, 'auto') == expected
+        assert runtime.inference_dtype(torch.device('cuda'), 'auto') == torch.float16  # no GPU needed to ask
+        assert runtime.inference_dtype(torch.device('mps'), 'auto') == torch.float32
     for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16), ('fp16', torch.float16)):
-        assert super_resolve.inference_dtype(CPU, name) == dtype
+        assert runtime.inference_dtype(CPU, name) == dtype
     with pytest.raises(ValueError, match="precision must be 'auto', 'fp32', 'bf16' or 'fp16', got 'fp8'"):
-        super_resolve.inference_dtype(CPU, 'fp8')
+        runtime.inference_dtype(CPU, 'fp8')
 
 
 @pytest.mark.parametrize('precision', ['bf16', 'fp16'])
@@ -644,8 +644,8 @@ def test_half_precision_on_the_cpu_stays_within_the_documented_difference(precis
     outputs, psnrs = {}, {}
     for name in ('fp32', precision):
         model = super_resolve.load_inference_model(os.path.join(REPO, super_resolve.checkpoint), CPU,
-                                                   dtype=super_resolve.inference_dtype(CPU, name))
-        assert {parameter.dtype for parameter in model.parameters()} == {super_resolve.PRECISIONS[name]}
+                                                   dtype=runtime.inference_dtype(CPU, name))
+        assert {parameter.dtype for parameter in model.parameters()} == {runtime.PRECISIONS[name]}
         sr_pil = upscale(model, lr_pil, tile_size=super_resolve.tile_size, tile_overlap=super_resolve.tile_overlap)
         outputs[name] = np.asarray(sr_pil, dtype=int)
         psnrs[name] = utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=4)[0]

@@ -1,7 +1,8 @@
-"""Tests of super_resolve.py's videos: frames, timestamps, frame rate, pixel aspect and colours kept;
-the sound copied (or re-encoded where the container cannot hold it) with its duration; streaming
-in batches; the images' naming and no-overwrite rules; nothing under an output's name until the
-video is whole; one-line errors for corrupt and truncated files.
+"""Tests of super_resolve.py's videos (video.py does their container work): frames, timestamps,
+frame rate, pixel aspect and colours kept; the sound copied (or re-encoded where the container
+cannot hold it) with its duration; streaming in batches; the images' naming and no-overwrite
+rules; nothing under an output's name until the video is whole; one-line errors for corrupt and
+truncated files.
 
 The clips are made here with PyAV: 16x16 px, 8 frames at 8 fps, each frame's two halves in colours
 of its own, with a one-second tone. Tiny random SRResNets stand in for trained ones, and a stub
