@@ -428,10 +428,10 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     """Section 2: samples per second of each training path (the plain reference; train_srresnet.py
     with a DataLoader and with the device stream) at each batch size, and on a GPU the device
     stream at larger batches and under torch.compile (at the fastest batch and compile_batch_sizes);
-    the device stream with the plain last convolution, for what the shuffled one buys; then
-    train_srgan.py. Each project run is timed by the ms/iteration its own log records after the
-    first report (the warm-up). save_partial(result) is called after every row, so a run cut
-    short keeps what it measured."""
+    the device stream with the plain last convolution, for what the shuffled one buys, and with
+    degradation='realistic', for what it costs; then train_srgan.py. Each project run is timed by
+    the ms/iteration its own log records after the first report (the warm-up). save_partial(result)
+    is called after every row, so a run cut short keeps what it measured."""
     iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)
@@ -490,12 +490,21 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
             if precision != 'fp32':
                 project_run('device stream, fp32', 'train_srresnet.py', config.batch_sizes[0],
                             model_flags + ['--data_on_device=on', '--amp=off'])
+        # What the realistic degradation (degradations.py) costs a training step.
+        if config.batch_sizes:
+            project_run('device stream, realistic', 'train_srresnet.py', config.batch_sizes[0],
+                        model_flags + ['--data_on_device=on', '--degradation=realistic'])
     if config.srgan:
         for batch_size in config.srgan_batch_sizes:
             for content_loss in ('mse', 'vgg54'):
                 project_run(f'SRGAN-{content_loss.upper()} device stream', 'train_srgan.py', batch_size, [
                     '--data_on_device=on', f'--content_loss={content_loss}', '--vgg19_weights=',
                     f'--srresnet_checkpoint={checkpoint_path}'])
+    realistic = {run['batch_size']: run for run in result['runs'] if run['name'] == 'device stream, realistic'}
+    for run in result['runs']:  # the extra share of a training step that the realistic degradation costs
+        if run['name'] == 'device stream' and run['batch_size'] in realistic:
+            result['realistic_cost'] = {'batch_size': run['batch_size'], 'extra': realistic[run['batch_size']][
+                'seconds_per_iteration'] / run['seconds_per_iteration'] - 1}
     if device.type == 'cuda':
         for batch_size in config.gpu_batch_sizes:
             project_run('device stream', 'train_srresnet.py', batch_size, model_flags + ['--data_on_device=on'])
@@ -522,13 +531,13 @@ def bench_precision(config, device):
     measures it. Returns the section's dict, or None where there is no half precision to compare.
     """
     import super_resolve
-    halves = config.precisions or [name for name, dtype in super_resolve.PRECISIONS.items() if name != 'fp32'
-                                    and dtype == super_resolve.inference_dtype(device, 'auto')]
+    halves = config.precisions or [name for name, dtype in runtime.PRECISIONS.items() if name != 'fp32'
+                                    and dtype == runtime.inference_dtype(device, 'auto')]
     if not halves:
         print("  precision='auto' keeps fp32 on this device: nothing to compare (--precisions=\"['bf16']\" asks)")
         return None
     models = {name: super_resolve.load_inference_model(config.precision_checkpoint, device, super_resolve.channels_last,
-                                                       dtype=super_resolve.inference_dtype(device, name))
+                                                       dtype=runtime.inference_dtype(device, name))
               for name in ['fp32'] + halves}
     s = super_resolve.scaling_factor_of(models['fp32'])
     width, height = max(config.inference_sizes, key=lambda size: size[0] * size[1])
@@ -593,6 +602,10 @@ def print_table(results):
             share = f"{run['percent_of_peak']:.1f}%" if run.get('percent_of_peak') else ''
             print(f"   {run['name']:<34}{run['batch_size']:>6}{run['seconds_per_iteration'] * 1000:>9.1f}"
                   f"{run['samples_per_s']:>11.1f}{gflops:>10}{share:>9}")
+        cost = training.get('realistic_cost')
+        if cost:
+            print(f"   the realistic degradation costs {cost['extra']:+.1%} of a device-stream step at batch "
+                  f"{cost['batch_size']}")
     peaks = results.get('peak_gflop_per_s') or {}
     if peaks:
         print("\n3. Utilisation: peak 3x3 channels_last convolution "

@@ -97,7 +97,7 @@ def test_bench_runs_and_writes_its_json(tmp_path, monkeypatch):
         assert row['max_abs_diff'] <= bench.tolerance
     runs = {run['name']: run for run in written['training']['runs']}
     assert list(runs) == ['plain reference', 'DataLoader', 'device stream', 'device stream, plain last conv',
-                          'device stream, fp32'], written['notes']
+                          'device stream, fp32', 'device stream, realistic'], written['notes']
     assert all(run['batch_size'] == 2 and run['samples_per_s'] > 0 and run['gflop_per_s'] > 0 for run in runs.values())
     for run in runs.values():  # two rounds each, and the row's figure is their median
         assert len(run['round_seconds']) == 2
@@ -106,6 +106,10 @@ def test_bench_runs_and_writes_its_json(tmp_path, monkeypatch):
     assert '--data_on_device=on' in runs['device stream']['args']
     assert '--shuffled_last_conv=False' in runs['device stream, plain last conv']['args']
     assert '--amp=off' in runs['device stream, fp32']['args'] and written['training']['precision'] == 'bf16'
+    assert '--degradation=realistic' in runs['device stream, realistic']['args']
+    cost = written['training']['realistic_cost']
+    assert cost['batch_size'] == 2 and cost['extra'] == pytest.approx(
+        runs['device stream, realistic']['seconds_per_iteration'] / runs['device stream']['seconds_per_iteration'] - 1)
     assert written['training']['timed_iterations'] == 3
     assert written['tiling']['lr_size'] == [20, 14] and written['tiling']['tile_size'] == 8
     assert any('synthetic' in note for note in written['notes'])
