@@ -42,7 +42,7 @@ from torch import nn
 import runtime
 import utils
 from models import freeze_shuffled_convolutions
-from super_resolve import prepare_for_inference, scaling_factor_of, srgan_label
+from super_resolve import model_label, prepare_for_inference, scaling_factor_of
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
@@ -124,7 +124,7 @@ def main(argv):
                     f"check_sizes must be a list of [width, height] pairs, got {config.check_sizes}")
     output_path = config.output or os.path.splitext(os.path.basename(config.checkpoint))[0] + '.onnx'
     plain, state = runtime.load_sr_model(config.checkpoint, 'cpu')  # the generator of an SRGAN checkpoint
-    kind = srgan_label(state) if 'generator' in state else 'SRResNet'
+    kind = model_label(state, config.checkpoint)
     s = scaling_factor_of(plain)
     print(f"Model: {kind} x{s}, {config.checkpoint} (iteration {state.get('iteration', '?')})")
 

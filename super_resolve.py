@@ -7,12 +7,18 @@
     python super_resolve.py --model=srgan --checkpoint=runs/srgan/checkpoint_srgan.pth
     python super_resolve.py --mode=compare --input_path=photo.png \\
         --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth       # -> outputs/photo_compare.png
+    python super_resolve.py --checkpoint=checkpoints/srresnet_real_x4.pth --input_path=old_photo.jpg   # real photos
+    python super_resolve.py --mode=compare_real --input_path=old_photo.jpg \\
+        --second_checkpoint=checkpoints/srresnet_real_x4.pth     # shipped SRResNet beside the real-photo one
 
 mode 'upscale' makes each input image 4x larger: what a user wants from a super-resolver.
 mode 'compare' is the tutorial's visualize_sr(): it takes the input as the high-resolution truth,
 downscales it 4x, restores it with bicubic interpolation, the SRResNet and the SRGAN, and writes
 a labelled grid of the three beside the original. The SRGAN's panel is named after its content
 loss, as in the paper: SRGAN-VGG54 (the default), SRGAN-VGG22 or SRGAN-MSE.
+mode 'compare_real' is for real photos, which have no truth to compare with: the input itself is
+the low-resolution image, upscaled by bicubic, by --checkpoint's model and by --second_checkpoint's,
+side by side. A model trained with degradation='realistic' is labelled '-real' (SRResNet-real).
 
 Any image works: greyscale, palette, 16-bit, 32-bit integer, float and CMYK images become RGB,
 an alpha channel is upscaled bicubically, and the EXIF orientation is applied. Images of any size
@@ -80,7 +86,8 @@ from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
 # Data
 input_path: str = 'examples/chelsea.png'  # an image or video file, or a folder of them
 output_folder: str = 'outputs'  # outputs go here: <name>_x4.png (upscale) or <name>_compare.png, <name>_x4.mp4
-mode: str = 'upscale'  # 'upscale': each image x4; 'compare': downscale, restore, compare in a grid
+mode: str = 'upscale'  # 'upscale': each image x4; 'compare': downscale, restore, compare in a grid;
+#                        'compare_real': a real LR photo x4 by bicubic and each model, side by side
 halve: bool = False  # compare: halve the image first, so a big grid can be seen at 1:1 on a screen
 # Model
 model: str = 'srresnet'  # upscale: what `checkpoint` holds, 'srresnet' or 'srgan'
@@ -89,6 +96,7 @@ tile_overlap: int = 16  # LR pixels of context read around each tile, then cut o
 # Checkpoints
 checkpoint: str = 'checkpoints/srresnet_x4.pth'  # the SRResNet (the SRGAN with --model=srgan)
 srgan_checkpoint: str = ''  # compare: the SRGAN of the grid's third panel ('' = leave it out)
+second_checkpoint: str = ''  # compare_real: a second model beside --checkpoint's (e.g. the real-photo SRResNet)
 # Video
 video_crf: int = 18  # H.264 quality (x264's CRF): 0 lossless, 18 visually near-lossless, 23 x264's default, 51 worst
 video_batch: int = 0  # frames per model call (0 = 8 on a GPU, 1 elsewhere)
@@ -153,6 +161,16 @@ def srgan_label(checkpoint):
     config = checkpoint.get('config')
     content_loss = config.get('content_loss') if isinstance(config, dict) else None
     return f"SRGAN-{str(content_loss or 'vgg54').upper()}"
+
+
+def model_label(checkpoint, path=''):
+    """What a model is called in outputs and grids: 'SRResNet' or its SRGAN name (srgan_label),
+    with '-real' when it was trained on realistic degradations (degradation='realistic')."""
+    name = srgan_label(checkpoint) if runtime.weights_key(checkpoint) == 'generator' else 'SRResNet'
+    try:
+        return name + ('-real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def scaling_factor_of(model):
@@ -323,23 +341,49 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
               ('SRResNet', upscale_image(srresnet, lr_img, device, tile_size, tile_overlap)),
               (srgan_name, upscale_image(srgan, lr_img, device, tile_size, tile_overlap) if srgan else None),
               ('Original HR', hr_img)]
+    return labelled_grid(panels, columns=2, missing=('no SRGAN checkpoint:', 'pass --srgan_checkpoint'))
 
+
+def visualize_real(img, models, tile_size=tile_size, tile_overlap=tile_overlap):
+    """A real low-resolution photo (no ground truth) upscaled by bicubic and by each model, side by side.
+
+    Args:
+        img: path of the photo (or a PIL image), taken as the LR input itself: nothing is shrunk.
+        models: (label, model) pairs, from load_inference_model; all of one scaling factor.
+        tile_size, tile_overlap: as for upscale_tensor.
+
+    Returns the grid as a PIL image, one labelled panel per row entry: Bicubic, then each model.
+    """
+    lr_img, _ = to_rgb(open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
+    _, first = models[0]
+    s, device = scaling_factor_of(first), next(first.parameters()).device
+    panels = [('Bicubic', lr_img.resize((lr_img.width * s, lr_img.height * s), Image.BICUBIC))]
+    panels += [(label, upscale_image(model, lr_img, device, tile_size, tile_overlap)) for label, model in models]
+    return labelled_grid(panels, columns=len(panels))
+
+
+def labelled_grid(panels, columns, missing=()):
+    """Panels of one size in a white grid, each under its label: panels are (label, PIL image or
+    None), row by row; a None panel is grey with the lines of `missing` on it."""
+    width, height = next(panel.size for _, panel in panels if panel is not None)
+    rows = math.ceil(len(panels) / columns)
     font = _font(max(12, min(40, width // 14)))
-    probe = ImageDraw.Draw(hr_img).textbbox((0, 0), 'Ag', font=font)
+    probe = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), 'Ag', font=font)
     line_height = probe[3] - probe[1]
     margin = line_height  # around the panels, and between each label and its panel
     label_height = line_height + margin // 2
-    grid = Image.new('RGB', (2 * width + 3 * margin, 2 * (height + label_height) + 3 * margin), (255, 255, 255))
+    grid = Image.new('RGB', (columns * (width + margin) + margin, rows * (height + label_height + margin) + margin),
+                     (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for i, (label, panel) in enumerate(panels):
-        x = margin + (i % 2) * (width + margin)
-        y = margin + (i // 2) * (height + label_height + margin)
+        x = margin + (i % columns) * (width + margin)
+        y = margin + (i // columns) * (height + label_height + margin)
         _draw_text(draw, label, x + width / 2, y, font, fill=(0, 0, 0))
         if panel is not None:
             grid.paste(panel, (x, y + label_height))
-        else:  # no SRGAN given: say so where its image would be
+        else:  # a model not given: say so where its image would be
             draw.rectangle((x, y + label_height, x + width - 1, y + label_height + height - 1), fill=(230, 230, 230))
-            for j, line in enumerate(('no SRGAN checkpoint:', 'pass --srgan_checkpoint')):
+            for j, line in enumerate(missing):
                 _draw_text(draw, line, x + width / 2, y + label_height + height / 2 + (j - 1) * line_height,
                            font, fill=(90, 90, 90))
     return grid
@@ -407,19 +451,22 @@ def unused_path(path):
     return candidate
 
 
-def output_size(width, height, mode, halve, s):
-    """(width, height) of what `mode` makes of a width x height input: its upscale, or the grid of the
-    largest crop whose sides divide by s, four panels of it (labels and margins left out)."""
+def output_size(width, height, mode, halve, s, panels=3):
+    """(width, height) of what `mode` makes of a width x height input: its upscale; for 'compare',
+    the grid of the largest crop whose sides divide by s, four panels of it; for 'compare_real',
+    `panels` upscales in a row (labels and margins left out)."""
     if mode == 'upscale':
         return width * s, height * s
+    if mode == 'compare_real':
+        return panels * width * s, height * s
     if halve:
         width, height = width // 2, height // 2
     return 2 * (width - width % s), 2 * (height - height % s)
 
 
-def size_problem(width, height, mode, halve, s, max_megapixels):
+def size_problem(width, height, mode, halve, s, max_megapixels, panels=3):
     """Why a width x height input cannot be processed, as a sentence, or '' if it can."""
-    out_width, out_height = output_size(width, height, mode, halve, s)
+    out_width, out_height = output_size(width, height, mode, halve, s, panels)
     if out_width == 0 or out_height == 0:
         return (f"{width}x{height} px is too small to compare: each side must be at least {s} px"
                 + (" after halving" if halve else ""))
@@ -432,7 +479,7 @@ def size_problem(width, height, mode, halve, s, max_megapixels):
     return ''
 
 
-def read_input(path, mode, halve, s, max_megapixels):
+def read_input(path, mode, halve, s, max_megapixels, panels=3):
     """Open one input, check from its header alone that its output can be made, then decode it.
 
     Returns the PIL image with its EXIF orientation applied. Raises BadImage for an image that
@@ -449,7 +496,7 @@ def read_input(path, mode, halve, s, max_megapixels):
     except Exception as error:  # Pillow raises many kinds of errors on a bad file; all mean "not readable"
         raise unreadable(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
     with img:
-        problem = size_problem(img.width, img.height, mode, halve, s, max_megapixels)
+        problem = size_problem(img.width, img.height, mode, halve, s, max_megapixels, panels)
         if problem:
             raise BadImage(f"{path}: {problem}")
         try:
@@ -556,7 +603,8 @@ def main(argv):
     input failed.
     """
     config = runtime.parse_config(globals(), argv)
-    runtime.require(config.mode in ('upscale', 'compare'), f"mode must be 'upscale' or 'compare', got {config.mode!r}")
+    runtime.require(config.mode in ('upscale', 'compare', 'compare_real'),
+                    f"mode must be 'upscale', 'compare' or 'compare_real', got {config.mode!r}")
     runtime.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
     runtime.require(config.mode == 'upscale' or config.model == 'srresnet',
                     "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
@@ -583,12 +631,22 @@ def main(argv):
                                 f"with --checkpoint=PATH (the README says where the repository's trained SRResNet "
                                 f"comes from).") from None
     sr_model = prepare_for_inference(sr_model, config.channels_last, dtype)
-    model_name = srgan_label(sr_checkpoint) if config.model == 'srgan' else 'SRResNet'
+    model_name = model_label(sr_checkpoint, config.checkpoint)
     srgan, srgan_name = None, 'SRGAN'
     if config.mode == 'compare' and config.srgan_checkpoint:
         srgan, srgan_checkpoint = runtime.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
-        srgan, srgan_name = prepare_for_inference(srgan, config.channels_last, dtype), srgan_label(srgan_checkpoint)
-    print(f"Model: {model_name}, {config.checkpoint}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else ''))
+        srgan = prepare_for_inference(srgan, config.channels_last, dtype)
+        srgan_name = model_label(srgan_checkpoint, config.srgan_checkpoint)
+    real_models = [(model_name, sr_model)]  # compare_real: the grid's models, beside bicubic
+    if config.mode == 'compare_real' and config.second_checkpoint:
+        second, second_checkpoint = runtime.load_sr_model(config.second_checkpoint, device)
+        runtime.require(scaling_factor_of(second) == scaling_factor_of(sr_model),
+                        f"--second_checkpoint={config.second_checkpoint} is x{scaling_factor_of(second)}, "
+                        f"--checkpoint's x{scaling_factor_of(sr_model)}: a grid compares one scaling factor")
+        real_models.append((model_label(second_checkpoint, config.second_checkpoint),
+                            prepare_for_inference(second, config.channels_last, dtype)))
+    print(f"Model: {model_name}, {config.checkpoint}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else '')
+          + (f"; {real_models[1][0]}, {config.second_checkpoint}" if len(real_models) > 1 else ''))
     if config.mode == 'compare' and srgan is None:
         print("No --srgan_checkpoint given: the grid's SRGAN panel holds a note instead")
 
@@ -608,8 +666,8 @@ def main(argv):
     for path in tqdm(paths, desc='inputs', unit='file', disable=len(paths) == 1):
         planned_path = os.path.join(config.output_folder, names[path])
         if is_video(path):
-            if config.mode == 'compare':
-                tqdm.write(f"Skipping {path}: a video (mode 'compare' takes images)")
+            if config.mode != 'upscale':
+                tqdm.write(f"Skipping {path}: a video (mode {config.mode!r} takes images)")
                 not_images.append(path)
                 continue
             out_path = _free_path(planned_path)  # chosen before the first frame: writing takes a while
@@ -628,7 +686,7 @@ def main(argv):
             written.append(out_path)
             continue
         try:
-            img = read_input(path, config.mode, config.halve, s, config.max_output_megapixels)
+            img = read_input(path, config.mode, config.halve, s, config.max_output_megapixels, 1 + len(real_models))
         except NotAnImage as error:
             tqdm.write(f"Skipping {error}")
             not_images.append(path)
@@ -639,6 +697,8 @@ def main(argv):
             continue
         if config.mode == 'upscale':
             out_img = upscale_image(sr_model, img, device, config.tile_size, config.tile_overlap, progress=True)
+        elif config.mode == 'compare_real':
+            out_img = visualize_real(img, real_models, config.tile_size, config.tile_overlap)
         else:
             out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap,
                                    srgan_name)

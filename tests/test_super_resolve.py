@@ -517,6 +517,36 @@ def test_the_srgan_panel_is_labelled_with_its_content_loss(checkpoint, model, tm
     assert height // 2 - 30 < rows.min() and rows.max() < height - 80  # below the top panels, above the bottom one
 
 
+def test_a_model_trained_on_realistic_degradations_is_named_so():
+    assert super_resolve.model_label({'model': {}, 'config': {}}) == 'SRResNet'
+    assert super_resolve.model_label({'model': {}, 'config': {'degradation': 'realistic'}}) == 'SRResNet-real'
+    assert super_resolve.model_label({'generator': {}, 'config': {'degradation': 'realistic',
+                                                                  'content_loss': 'mse'}}) == 'SRGAN-MSE-real'
+    with pytest.raises(ValueError, match=r"odd.pth: config degradation is 'jpeg'"):
+        super_resolve.model_label({'model': {}, 'config': {'degradation': 'jpeg'}}, 'odd.pth')
+
+
+def test_compare_real_puts_each_model_beside_bicubic_without_shrinking(checkpoint, model, tmp_path, capsys):
+    real_checkpoint = save_model(tmp_path / 'real.pth', seed=1, config={'degradation': 'realistic'})
+    img_path = tmp_path / 'photo.png'
+    textured_image(30, 20).save(img_path)
+    written = run_main([f'--input_path={img_path}', f'--output_folder={tmp_path / "out"}', '--mode=compare_real',
+                        f'--checkpoint={checkpoint}', f'--second_checkpoint={real_checkpoint}', '--precision=fp32'])
+    assert written == [str(tmp_path / 'out' / 'photo_compare.png')]
+    assert f'SRResNet-real, {real_checkpoint}' in capsys.readouterr().out
+    grid = np.asarray(Image.open(written[0]).convert('RGB'))
+    assert grid.shape[1] > 3 * 120 and 80 < grid.shape[0] < 2 * 80  # three 120 x 80 panels in one row
+    # The middle panel is the first model's upscale of the photo itself, not of a shrunk copy.
+    real = super_resolve.load_inference_model(real_checkpoint, CPU)
+    img = Image.open(img_path).convert('RGB')
+    direct = super_resolve.visualize_real(img, [('SRResNet', model), ('SRResNet-real', real)])
+    assert np.array_equal(np.asarray(direct), grid)
+    upscaled = np.asarray(super_resolve.upscale_image(model, img, CPU, 384, 16))  # (80, 120, 3)
+    found = [(y, x) for y in range(grid.shape[0] - 79) for x in range(grid.shape[1] - 119)
+             if np.array_equal(grid[y:y + 80, x:x + 120], upscaled)]
+    assert len(found) == 1
+
+
 def test_compare_grid_needs_no_installed_font(model, monkeypatch):
     truetype = ImageFont.truetype
 
@@ -550,7 +580,7 @@ def test_clear_errors_for_bad_settings_inputs_and_checkpoints(checkpoint, tmp_pa
     missing = str(tmp_path / 'nowhere.png')
     with pytest.raises(FileNotFoundError, match='input not found.*nowhere.png'):
         run_main([f'--input_path={missing}', f'--checkpoint={checkpoint}'])
-    with pytest.raises(ValueError, match="mode must be 'upscale' or 'compare', got 'zoom'"):
+    with pytest.raises(ValueError, match="mode must be 'upscale', 'compare' or 'compare_real', got 'zoom'"):
         run_main([f'--input_path={img_path}', '--mode=zoom'])
     missing_checkpoint = str(tmp_path / 'no_model.pth')
     with pytest.raises(FileNotFoundError, match='(?s)no_model.pth.*train_srresnet.py'):
