@@ -74,7 +74,7 @@ import time
 import warnings
 
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import runtime
@@ -227,29 +227,8 @@ def upscale_tensor(model, lr_img, tile_size, tile_overlap, progress=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# Images of any mode
+# From the network back to an image
 # ----------------------------------------------------------------------------------------------
-
-def open_image(path):
-    """Decode an image file, with its EXIF orientation applied. Raises if it is not an image."""
-    with Image.open(path) as img:
-        return ImageOps.exif_transpose(img)  # a decoded copy (transposed if the EXIF says so)
-
-
-def to_rgb(img):
-    """Split a PIL image of any mode into (8-bit RGB image, alpha channel as an 'L' image, or None).
-
-    Palette images with a transparent colour, LA and PA keep their transparency as alpha.
-    16-bit greyscale is scaled to 8 bits (utils.pil_to_rgb); CMYK, YCbCr, LAB and the rest go
-    through Pillow's conversion to RGB.
-    """
-    if img.mode == 'P' and 'transparency' in img.info:
-        img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'RGBa', 'LA', 'La', 'PA'):
-        img = img.convert('RGBA')
-        return img.convert('RGB'), img.getchannel('A')
-    return utils.pil_to_rgb(img), None
-
 
 def _to_pil(sr_img, band_rows=256):
     """(3, H, W) in [-1, 1] -> PIL RGB, converted a band of rows at a time, so that the float
@@ -275,7 +254,7 @@ def upscale_image(model, img, device, tile_size, tile_overlap, progress=False):
     Returns a PIL image s times larger, RGB, or RGBA if the input had an alpha channel (which is
     upscaled bicubically: the network only knows colour).
     """
-    rgb_img, alpha = to_rgb(ImageOps.exif_transpose(img))
+    rgb_img, alpha = utils.to_rgb(ImageOps.exif_transpose(img))
     lr_img = utils.convert_image(rgb_img, source='pil', target='imagenet-norm')  # (3, h, w)
     lr_img = lr_img.unsqueeze(0).to(device)  # (1, 3, h, w), ImageNet-normed
     sr_img = upscale_tensor(model, lr_img, tile_size, tile_overlap, progress)  # (1, 3, h * s, w * s), in [-1, 1]
@@ -289,25 +268,6 @@ def upscale_image(model, img, device, tile_size, tile_overlap, progress=False):
 # ----------------------------------------------------------------------------------------------
 # The comparison grid
 # ----------------------------------------------------------------------------------------------
-
-def _font(size):
-    """A TrueType font about `size` px high if one is installed, else Pillow's built-in font."""
-    for name in ('DejaVuSans.ttf', 'Arial.ttf'):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            pass
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a bundled scalable font
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()  # else a small bitmap font
-
-
-def _draw_text(draw, text, centre_x, top, font, fill):
-    """Draw one line of text centred on centre_x (textbbox: font.getsize is gone from Pillow 10)."""
-    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
-    draw.text((centre_x - (right - left) / 2 - left, top), text, font=font, fill=fill)
-
 
 def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, tile_overlap=tile_overlap,
                  srgan_name='SRGAN'):
@@ -326,7 +286,7 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
     Bicubic and SRResNet on top, the SRGAN and the Original HR below, each panel labelled.
     """
     device = next(srresnet.parameters()).device
-    hr_img, _ = to_rgb(open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
+    hr_img, _ = utils.to_rgb(utils.open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
     if halve:
         hr_img = hr_img.resize((hr_img.width // 2, hr_img.height // 2), Image.LANCZOS)
     s = scaling_factor_of(srresnet)
@@ -341,7 +301,7 @@ def visualize_sr(img, srresnet, srgan=None, halve=False, tile_size=tile_size, ti
               ('SRResNet', upscale_image(srresnet, lr_img, device, tile_size, tile_overlap)),
               (srgan_name, upscale_image(srgan, lr_img, device, tile_size, tile_overlap) if srgan else None),
               ('Original HR', hr_img)]
-    return labelled_grid(panels, columns=2, missing=('no SRGAN checkpoint:', 'pass --srgan_checkpoint'))
+    return utils.labelled_grid(panels, columns=2, missing=('no SRGAN checkpoint:', 'pass --srgan_checkpoint'))
 
 
 def visualize_real(img, models, tile_size=tile_size, tile_overlap=tile_overlap):
@@ -354,39 +314,12 @@ def visualize_real(img, models, tile_size=tile_size, tile_overlap=tile_overlap):
 
     Returns the grid as a PIL image, one labelled panel per row entry: Bicubic, then each model.
     """
-    lr_img, _ = to_rgb(open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
+    lr_img, _ = utils.to_rgb(utils.open_image(img) if isinstance(img, str) else ImageOps.exif_transpose(img))
     _, first = models[0]
     s, device = scaling_factor_of(first), next(first.parameters()).device
     panels = [('Bicubic', lr_img.resize((lr_img.width * s, lr_img.height * s), Image.BICUBIC))]
     panels += [(label, upscale_image(model, lr_img, device, tile_size, tile_overlap)) for label, model in models]
-    return labelled_grid(panels, columns=len(panels))
-
-
-def labelled_grid(panels, columns, missing=()):
-    """Panels of one size in a white grid, each under its label: panels are (label, PIL image or
-    None), row by row; a None panel is grey with the lines of `missing` on it."""
-    width, height = next(panel.size for _, panel in panels if panel is not None)
-    rows = math.ceil(len(panels) / columns)
-    font = _font(max(12, min(40, width // 14)))
-    probe = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), 'Ag', font=font)
-    line_height = probe[3] - probe[1]
-    margin = line_height  # around the panels, and between each label and its panel
-    label_height = line_height + margin // 2
-    grid = Image.new('RGB', (columns * (width + margin) + margin, rows * (height + label_height + margin) + margin),
-                     (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for i, (label, panel) in enumerate(panels):
-        x = margin + (i % columns) * (width + margin)
-        y = margin + (i // columns) * (height + label_height + margin)
-        _draw_text(draw, label, x + width / 2, y, font, fill=(0, 0, 0))
-        if panel is not None:
-            grid.paste(panel, (x, y + label_height))
-        else:  # a model not given: say so where its image would be
-            draw.rectangle((x, y + label_height, x + width - 1, y + label_height + height - 1), fill=(230, 230, 230))
-            for j, line in enumerate(missing):
-                _draw_text(draw, line, x + width / 2, y + label_height + height / 2 + (j - 1) * line_height,
-                           font, fill=(90, 90, 90))
-    return grid
+    return utils.labelled_grid(panels, columns=len(panels))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""The image maths every script shares: conversions between image representations, the
-training transforms, Pillow's bicubic resize in tensor operations, the data lists, the metrics
-(PSNR, SSIM, NIQE), and writing outputs safely. runtime.py holds how a run is driven.
+"""The image maths every script shares: conversions between image representations (and from
+images of any mode to RGB), the training transforms, Pillow's bicubic resize in tensor
+operations, the data lists, the metrics (PSNR, SSIM, NIQE), labelled grids of images, and
+writing outputs safely. runtime.py holds how a run is driven.
 
 Importing this module picks no device, creates no tensor and reads no file.
 """
 import contextlib
 import functools
 import json
+import math
 import os
 import random
 import tempfile
@@ -14,7 +16,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # ImageNet statistics, as plain lists so that importing this module creates no tensor.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -59,6 +61,26 @@ def pil_to_rgb(img):
     grey = (values - black) * (255. / (white - black))  # (H, W), in [0, 255]
     return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8)).convert('RGB')
 
+
+def open_image(path):
+    """Decode an image file, with its EXIF orientation applied. Raises if it is not an image."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img)  # a decoded copy (transposed if the EXIF says so)
+
+
+def to_rgb(img):
+    """Split a PIL image of any mode into (8-bit RGB image, alpha channel as an 'L' image, or None).
+
+    Palette images with a transparent colour, LA and PA keep their transparency as alpha.
+    16-bit greyscale is scaled to 8 bits (pil_to_rgb); CMYK, YCbCr, LAB and the rest go
+    through Pillow's conversion to RGB.
+    """
+    if img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'RGBa', 'LA', 'La', 'PA'):
+        img = img.convert('RGBA')
+        return img.convert('RGB'), img.getchannel('A')
+    return pil_to_rgb(img), None
 
 def _channel_view(values, img):
     """A per-channel constant shaped to broadcast over a (3, H, W) or (N, 3, H, W) image."""
@@ -537,6 +559,56 @@ def evaluate_sr(model, dataset, device, scaling_factor, progress=None):
         hr_pil = convert_image(hr_img, source='[-1, 1]', target='pil')
         results.append(compute_psnr_ssim(sr_pil, hr_pil, crop_border=scaling_factor))
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Labelled grids of images (the comparison figures)
+# ----------------------------------------------------------------------------------------------
+
+def grid_font(size):
+    """A TrueType font about `size` px high if one is installed, else Pillow's built-in font."""
+    for name in ('DejaVuSans.ttf', 'Arial.ttf'):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            pass
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a bundled scalable font
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # else a small bitmap font
+
+
+def draw_centred_text(draw, text, centre_x, top, font, fill):
+    """Draw one line of text centred on centre_x (textbbox: font.getsize is gone from Pillow 10)."""
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre_x - (right - left) / 2 - left, top), text, font=font, fill=fill)
+
+
+def labelled_grid(panels, columns, missing=()):
+    """Panels of one size in a white grid, each under its label: panels are (label, PIL image or
+    None), row by row; a None panel is grey with the lines of `missing` on it."""
+    width, height = next(panel.size for _, panel in panels if panel is not None)
+    rows = math.ceil(len(panels) / columns)
+    font = grid_font(max(12, min(40, width // 14)))
+    probe = ImageDraw.Draw(Image.new('RGB', (1, 1))).textbbox((0, 0), 'Ag', font=font)
+    line_height = probe[3] - probe[1]
+    margin = line_height  # around the panels, and between each label and its panel
+    label_height = line_height + margin // 2
+    grid = Image.new('RGB', (columns * (width + margin) + margin, rows * (height + label_height + margin) + margin),
+                     (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, (label, panel) in enumerate(panels):
+        x = margin + (i % columns) * (width + margin)
+        y = margin + (i // columns) * (height + label_height + margin)
+        draw_centred_text(draw, label, x + width / 2, y, font, fill=(0, 0, 0))
+        if panel is not None:
+            grid.paste(panel, (x, y + label_height))
+        else:  # a model not given: say so where its image would be
+            draw.rectangle((x, y + label_height, x + width - 1, y + label_height + height - 1), fill=(230, 230, 230))
+            for j, line in enumerate(missing):
+                draw_centred_text(draw, line, x + width / 2, y + label_height + height / 2 + (j - 1) * line_height,
+                           font, fill=(90, 90, 90))
+    return grid
 
 
 # ----------------------------------------------------------------------------------------------

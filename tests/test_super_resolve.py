@@ -186,7 +186,7 @@ def test_exif_orientation_is_applied(model, tmp_path):
     path = tmp_path / 'rotated.png'
     img.save(path, exif=exif)
     upright = img.transpose(Image.Transpose.ROTATE_270)  # 8 x 12
-    opened = super_resolve.open_image(path)
+    opened = utils.open_image(path)
     assert_same_image(opened, upright)
     assert_same_image(upscale(model, opened), upscale(model, upright))
     with Image.open(path) as raw:  # handed an image straight from Image.open, upscale_image rotates it too
@@ -559,7 +559,7 @@ def test_compare_grid_needs_no_installed_font(model, monkeypatch):
     assert grid.width > 2 * 24 and grid.height > 2 * 16
     # Pillow without FreeType has only its bitmap font, and no font.getsize in Pillow >= 10.
     bitmap_font = getattr(ImageFont, 'load_default_imagefont', ImageFont.load_default)()
-    monkeypatch.setattr(super_resolve, '_font', lambda size: bitmap_font)
+    monkeypatch.setattr(utils, 'grid_font', lambda size: bitmap_font)
     grid = super_resolve.visualize_sr(textured_image(50, 35), model)
     assert grid.width > 2 * 48 and grid.height > 2 * 32
 
