@@ -148,7 +148,7 @@ def random_blur_kernel(rng, stage):
 
 
 # ----------------------------------------------------------------------------------------------
-# The operations, on one (1, 3, H, W) float image in [0, 1]
+# The operations, on float images in [0, 1] (blur: a batch; the others: one (1, 3, H, W) image)
 # ----------------------------------------------------------------------------------------------
 
 def blur(img, kernel):
