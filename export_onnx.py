@@ -102,12 +102,12 @@ def check_images(sizes, seed):
 
 def onnxruntime_differences(model_bytes, reference, batches):
     """max |onnxruntime - reference| over each batch (the reference: a PyTorch module on [0, 1] images)."""
-    session = onnxruntime.InferenceSession(model_bytes, providers=['CPUExecutionProvider'])
+    model = onnxruntime.InferenceSession(model_bytes, providers=['CPUExecutionProvider'])
     differences = []
     for lr_imgs in batches:
         with torch.inference_mode():
             expected = reference(lr_imgs).numpy()  # (2, 3, h * s, w * s), in [0, 1]
-        actual = session.run(['sr'], {'lr': lr_imgs.numpy()})[0]
+        actual = model.run(['sr'], {'lr': lr_imgs.numpy()})[0]
         if actual.shape != expected.shape:
             raise ValueError(f"onnxruntime's output for a {tuple(lr_imgs.shape)} input is {actual.shape}, "
                              f"PyTorch's {expected.shape}")

@@ -58,14 +58,14 @@ def test_onnxruntime_equals_pytorch_at_two_sizes_from_one_export(tmp_path, key, 
     out = tmp_path / 'model.onnx'
     assert export_onnx.main([f'--checkpoint={checkpoint}', f'--output={out}']) == str(out)
     assert ('Model: SRResNet x4' if key == 'model' else 'Model: SRGAN-MSE x4') in capsys.readouterr().out
-    session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
-    [lr], [sr] = session.get_inputs(), session.get_outputs()
+    model = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    [lr], [sr] = model.get_inputs(), model.get_outputs()
     assert (lr.name, lr.type, lr.shape[1]) == ('lr', 'tensor(float)', 3) and sr.name == 'sr'
     assert all(isinstance(dim, str) for dim in lr.shape[:1] + lr.shape[2:])  # batch, height, width: dynamic
     rng = np.random.default_rng(3)
     for batch, height, width in ((1, 20, 28), (3, 13, 9)):
         lr_imgs = rng.random((batch, 3, height, width), dtype=np.float32)  # RGB in [0, 1]
-        [actual] = session.run(['sr'], {'lr': lr_imgs})
+        [actual] = model.run(['sr'], {'lr': lr_imgs})
         expected = reference(checkpoint, torch.from_numpy(lr_imgs))
         assert actual.shape == expected.shape == (batch, 3, 4 * height, 4 * width) and actual.dtype == np.float32
         assert 0. <= actual.min() and actual.max() <= 1.
