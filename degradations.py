@@ -20,8 +20,6 @@ the CPU, so every machine (GPU or not) gets the same bytes for the same input.
 
 Importing this module picks no device, creates no tensor and reads no file.
 """
-import concurrent.futures
-import functools
 import math
 import random
 import warnings
@@ -251,20 +249,11 @@ def degrade(hr_imgs, keys, scaling_factor):
     side = max(kernel.shape[-1] for kernel in first_kernels)
     kernels = torch.stack([F.pad(k, [(side - k.shape[-1]) // 2] * 4) for k in first_kernels])  # (N, side, side)
     blurred = blur(hr_imgs.float(), kernels.to(hr_imgs.device))  # (N, 3, H, W)
-    # From here the sizes differ per image, so each image goes its own way. The images are small
-    # and their operations single-threaded, so they run side by side on the CPU's threads (the
-    # operations release Python's lock); each image's result depends only on its own key.
+    # From here the sizes differ per image, so each image goes its own way. (Running them on a
+    # pool of threads halved this function's time alone but made a CPU training step slower,
+    # 300 against 212 ms at batch 16: each thread's OpenMP team competed with the training's.)
     lr_size = (height // scaling_factor, width // scaling_factor)
-    rest = lambda i: _degrade_rest(blurred[i:i + 1], rngs[i], lr_size)
-    if n == 1 or hr_imgs.device.type != 'cpu':
-        return torch.cat([rest(i) for i in range(n)])
-    return torch.cat(list(_thread_pool().map(rest, range(n))))  # (N, 3, h, w)
-
-
-@functools.lru_cache(maxsize=1)
-def _thread_pool():
-    """The threads that degrade a batch's images side by side: one per core torch uses."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=torch.get_num_threads())
+    return torch.cat([_degrade_rest(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])  # (N, 3, h, w)
 
 
 def _degrade_rest(img, rng, lr_size):
