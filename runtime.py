@@ -170,9 +170,9 @@ def inference_dtype(device, precision='auto'):
     """The dtype a model computes in on `device` for a `precision` of 'auto', 'fp32', 'bf16' or 'fp16'.
 
     'auto' is float16 on CUDA, bfloat16 on a CPU with bf16 matrix units (AMX), float32 elsewhere.
-    Measured with the shipped SRResNet and SRGAN-MSE on Set14 (the README's table), either half
-    precision moved PSNR by at most 0.0011 dB, well inside the 0.02 dB that 'auto' may cost, and
-    a pixel by at most 9 grey levels. bf16 ran 3.6-3.8x faster than float32 on a Xeon with AMX;
+    Measured with the shipped SRResNet and SRGAN-MSE on Set14 (results/README.md's table), either
+    half precision moved PSNR by at most 0.0011 dB, well inside the 0.02 dB that 'auto' may cost,
+    and a pixel by at most 9 grey levels. bf16 ran 3.6-3.8x faster than float32 on a Xeon with AMX;
     fp16 ran at 0.72x float32's speed on that CPU, so it is chosen only on CUDA, where its
     differences are those measured with fp16 on that CPU (cuDNN may round a little differently)
     and its speed was not measured on a GPU. A CPU without AMX runs bf16 convolutions far slower

@@ -42,7 +42,7 @@ is video.py's.
 `precision` picks the arithmetic: 'auto' is fp16 on CUDA, bf16 on a CPU with AMX and fp32
 elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most 0.0011 dB and a
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
-than fp32 (the README has the table); 'fp32' gives the exact float32 result.
+than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
 
 Outputs are named after their input: photo.jpg -> photo_x4.png (or photo_compare.png), clip.mp4
 -> clip_x4.mp4. Two rules keep every output apart, and each file written is printed:
