@@ -248,7 +248,7 @@ def degrade(hr_imgs, keys, scaling_factor):
     first_kernels = [random_blur_kernel(rng, FIRST_STAGE) for rng in rngs]
     side = max(kernel.shape[-1] for kernel in first_kernels)
     kernels = torch.stack([F.pad(k, [(side - k.shape[-1]) // 2] * 4) for k in first_kernels])  # (N, side, side)
-    blurred = blur(hr_imgs.float(), kernels.to(hr_imgs.device))  # (N, 3, H, W)
+    blurred = blur(hr_imgs.float(), kernels)  # (N, 3, H, W); blur moves the kernels to the images
     # From here the sizes differ per image, so each image goes its own way. (Running them on a
     # pool of threads halved this function's time alone but made a CPU training step slower,
     # 300 against 212 ms at batch 16: each thread's OpenMP team competed with the training's.)

@@ -21,24 +21,15 @@ import torch
 import export_onnx
 import runtime
 from models import ShuffledConv2d, SRResNet, freeze_shuffled_convolutions
+from test_super_resolve import MODEL_ARGS, random_model  # the same tiny SRResNets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_ARGS = {'n_blocks': 2, 'n_channels': 16, 'scaling_factor': 4}
 
 
 def save_checkpoint(path, key, seed):
     """A tiny SRResNet with non-trivial BatchNorm statistics (so folding them changes the weights),
     saved as an SRResNet ('model') or SRGAN ('generator') checkpoint."""
-    torch.manual_seed(seed)
-    model = SRResNet(**MODEL_ARGS)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.)
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    torch.save({key: model.state_dict(), 'model_args': MODEL_ARGS, 'iteration': 7,
+    torch.save({key: random_model(seed).state_dict(), 'model_args': MODEL_ARGS, 'iteration': 7,
                 'config': {'content_loss': 'mse'} if key == 'generator' else {}}, path)
     return str(path)
 
