@@ -20,10 +20,12 @@ the CPU, so every machine (GPU or not) gets the same bytes for the same input.
 
 Importing this module picks no device, creates no tensor and reads no file.
 """
+import functools
 import math
 import random
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -83,11 +85,26 @@ def check_degradation(degradation):
 # Kernels
 # ----------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _kernel_grid(size):
-    """(size, size, 2) float64 pixel offsets from the kernel's centre, (x, y) in the last axis."""
-    steps = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    y, x = torch.meshgrid(steps, steps, indexing='ij')
-    return torch.stack([x, y], dim=-1)
+    """(size, size) float64 x and y pixel offsets from the kernel's centre (read-only: shared)."""
+    steps = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    grid = np.meshgrid(steps, steps, indexing='xy')  # x varies along a row, y down a column
+    for axis in grid:
+        axis.flags.writeable = False
+    return grid
+
+
+def _finish_kernel(kernel):
+    """kernel (size, size) float64 normalised to sum 1, as a torch tensor.
+
+    A narrow Gaussian's far tail underflows to float32 denormals once the kernel is cast for
+    the convolution, which makes a CPU convolution about 10x slower; weights below 1e-20 of the
+    total change nothing, so they become zeros.
+    """
+    kernel = kernel / kernel.sum()
+    kernel[np.abs(kernel) < 1e-20] = 0.
+    return torch.from_numpy(kernel)
 
 
 def gaussian_kernel(size, sigma_x, sigma_y, theta, beta=1.0, shape='gaussian'):
@@ -97,31 +114,35 @@ def gaussian_kernel(size, sigma_x, sigma_y, theta, beta=1.0, shape='gaussian'):
     deviations (sigma_x, sigma_y) turned by theta radians, gives three families:
     'gaussian' exp(-q / 2); 'generalized' exp(-(q ^ beta) / 2), flatter tops for beta > 1 and
     heavier tails below; 'plateau' 1 / (1 + q ^ beta), a flat top with long tails.
+    The kernels are small, so they are built in numpy: a dozen torch calls on a 21 x 21 grid
+    cost more in call overhead than the arithmetic.
     """
-    rotation = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
-                            dtype=torch.float64)
-    covariance = rotation @ torch.diag(torch.tensor([sigma_x ** 2, sigma_y ** 2], dtype=torch.float64)) @ rotation.T
-    grid = _kernel_grid(size)  # (size, size, 2)
-    q = ((grid @ torch.linalg.inv(covariance)) * grid).sum(-1)  # (size, size), >= 0
-    if shape == 'gaussian':
-        kernel = torch.exp(-0.5 * q)
-    elif shape == 'generalized':
-        kernel = torch.exp(-0.5 * q ** beta)
-    elif shape == 'plateau':
-        kernel = 1 / (1 + q ** beta)
-    else:
+    if shape not in ('gaussian', 'generalized', 'plateau'):
         raise ValueError(f"shape must be 'gaussian', 'generalized' or 'plateau', got {shape!r}")
-    return kernel / kernel.sum()
+    # C^-1 = R diag(1 / sigma_x^2, 1 / sigma_y^2) R^T, with R the rotation by theta.
+    cos, sin = math.cos(theta), math.sin(theta)
+    inv_x, inv_y = 1 / sigma_x ** 2, 1 / sigma_y ** 2
+    a, b, d = cos * cos * inv_x + sin * sin * inv_y, cos * sin * (inv_x - inv_y), sin * sin * inv_x + cos * cos * inv_y
+    x, y = _kernel_grid(size)
+    q = a * x * x + 2 * b * x * y + d * y * y  # (size, size), >= 0
+    if shape == 'gaussian':
+        kernel = np.exp(-0.5 * q)
+    elif shape == 'generalized':
+        kernel = np.exp(-0.5 * q ** beta)
+    else:
+        kernel = 1 / (1 + q ** beta)
+    return _finish_kernel(kernel)
 
 
 def sinc_kernel(size, cutoff):
     """A (size, size) float64 ideal circular low-pass filter (a 2-D sinc, cut off at `cutoff`
     radians per pixel, pi = Nyquist), cut to size; it rings like an over-sharpened photo."""
-    r = _kernel_grid(size).norm(dim=-1)  # (size, size), distance from the centre
-    safe_r = torch.where(r == 0, torch.ones_like(r), r)
-    kernel = cutoff * torch.special.bessel_j1(cutoff * safe_r) / (2 * math.pi * safe_r)
-    kernel = torch.where(r == 0, torch.full_like(r, cutoff ** 2 / (4 * math.pi)), kernel)  # the limit at r = 0
-    return kernel / kernel.sum()
+    x, y = _kernel_grid(size)
+    r = np.hypot(x, y)  # (size, size), distance from the centre
+    safe_r = np.where(r == 0, 1., r)
+    kernel = cutoff * torch.special.bessel_j1(torch.from_numpy(cutoff * safe_r)).numpy() / (2 * math.pi * safe_r)
+    kernel[r == 0] = cutoff ** 2 / (4 * math.pi)  # the limit at r = 0
+    return _finish_kernel(kernel)
 
 
 def random_blur_kernel(rng, stage):
@@ -153,17 +174,26 @@ def blur(img, kernel):
     """img (N, 3, H, W) filtered by a (k, k) kernel per image, kernels (N, k, k) or one (k, k),
     with reflected borders (replicated where the image is smaller than the kernel's reach)."""
     n, channels, height, width = img.shape
-    # A narrow Gaussian's far tail underflows to float32 denormals, which make a CPU convolution
-    # about 10x slower; weights below 1e-20 of the total change nothing, so they become zeros.
-    kernel = torch.where(kernel.abs() < 1e-20, torch.zeros_like(kernel), kernel)
-    kernels = kernel.to(img).expand(n, *kernel.shape[-2:])  # (N, k, k)
-    pad = kernels.shape[-1] // 2
+    size = kernel.shape[-1]
+    pad = size // 2
     mode = 'reflect' if pad < min(height, width) else 'replicate'
     padded = F.pad(img, (pad, pad, pad, pad), mode=mode)  # (N, 3, H + 2p, W + 2p)
-    # One grouped convolution: every (image, channel) plane is its own group with its image's kernel.
-    weight = kernels.repeat_interleave(channels, dim=0).unsqueeze(1)  # (N * 3, 1, k, k)
-    out = F.conv2d(padded.reshape(1, n * channels, *padded.shape[-2:]), weight, groups=n * channels)
-    return out.view(n, channels, height, width)
+    # One grouped convolution: every plane is its own group, with its image's kernel. On the CPU,
+    # oneDNN computes 16 planes at a time, so one image's 3 planes would leave 13 lanes idle: a
+    # small batch is cut into horizontal strips (each with the rows its outputs read above and
+    # below) that go through as planes of their own: the same sums, bit for bit, and 2-4x faster
+    # for one image of 60-150 pixels on an AVX-512 Xeon.
+    strips = max(1, min(height, 16 // (n * channels))) if img.device.type == 'cpu' else 1
+    rows = -(-height // strips)  # output rows per strip
+    if strips > 1:
+        padded = F.pad(padded, (0, 0, 0, strips * rows - height))  # zero rows, read only by outputs cut off below
+        padded = padded.unfold(2, rows + 2 * pad, rows).transpose(-1, -2)  # (N, 3, strips, rows + 2p, W + 2p)
+    planes = padded.reshape(1, n * channels * strips, rows + 2 * pad, width + 2 * pad)
+    kernel = kernel.to(img)
+    weight = kernel.expand(planes.shape[1], size, size) if kernel.dim() == 2 \
+        else kernel.repeat_interleave(channels * strips, dim=0)  # (N * 3 * strips, k, k)
+    out = F.conv2d(planes, weight.unsqueeze(1), groups=planes.shape[1])  # (1, N * 3 * strips, rows, W)
+    return out.view(n, channels, strips * rows, width)[:, :, :height]
 
 
 def resize(img, size, mode):
@@ -182,9 +212,14 @@ def random_scale(rng, stage):
     return rng.uniform(1., high) if direction == 'up' else rng.uniform(low, 1.) if direction == 'down' else 1.
 
 
+def _levels(img):
+    """img in [0, 1] as the 8-bit levels a saved image would have: floats 0., 1., ..., 255."""
+    return img.mul(255.).round_().clamp_(0, 255)
+
+
 def _quantise(img):
     """img rounded to 8-bit levels and clamped to [0, 1], as a saved image would be."""
-    return (img * 255.).round().clamp(0, 255) / 255.
+    return _levels(img).div_(255.)
 
 
 def add_noise(img, rng, stage):
@@ -202,8 +237,9 @@ def add_noise(img, rng, stage):
     else:
         # Shot noise: photon counts are Poisson. Real-ESRGAN counts 2^ceil(log2(distinct levels))
         # photons at full scale, so a flat image gets stronger noise than a detailed one.
-        plane = _quantise(plane)
-        distinct = int(torch.bincount((plane * 255.).round().long().flatten(), minlength=256).count_nonzero())
+        levels_255 = _levels(plane)  # (1, 1 or 3, H, W)
+        plane = levels_255 / 255.
+        distinct = int(torch.bincount(levels_255.long().flatten(), minlength=256).count_nonzero())
         levels = 2. ** math.ceil(math.log2(distinct))
         noise = (torch.poisson(plane * levels, generator=generator) / levels - plane) * amount
     return (img + noise).clamp(0., 1.)  # (1, 3, H, W): a (1, 1, H, W) noise broadcasts over R, G, B
@@ -220,9 +256,9 @@ def jpeg(img, quality):
     from torchvision.io import decode_jpeg, encode_jpeg  # here: importing the core stays fast (no torchvision)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
-        encoded = encode_jpeg((_quantise(img[0]) * 255.).to('cpu', torch.uint8), quality=quality)
+        encoded = encode_jpeg(_levels(img[0]).to('cpu', torch.uint8), quality=quality)
         decoded = decode_jpeg(encoded)  # (3, H, W) uint8
-    return (decoded.to(img.device, img.dtype) / 255.).unsqueeze(0)  # (1, 3, H, W)
+    return decoded.to(img.device, img.dtype).div_(255.).unsqueeze(0)  # (1, 3, H, W)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,20 +280,54 @@ def degrade(hr_imgs, keys, scaling_factor):
     if height % scaling_factor or width % scaling_factor:
         raise ValueError(f"HR size {width}x{height} must divide by scaling_factor {scaling_factor}")
     rngs = [random.Random(f'degrade:{key}') for key in keys]
-    # Stage 1's blur works on images of one size: one grouped convolution for the whole batch.
-    first_kernels = [random_blur_kernel(rng, FIRST_STAGE) for rng in rngs]
-    side = max(kernel.shape[-1] for kernel in first_kernels)
-    kernels = torch.stack([F.pad(k, [(side - k.shape[-1]) // 2] * 4) for k in first_kernels])  # (N, side, side)
-    blurred = blur(hr_imgs.float(), kernels)  # (N, 3, H, W); blur moves the kernels to the images
-    # From here the sizes differ per image, so each image goes its own way. (Running them on a
-    # pool of threads halved this function's time alone but made a CPU training step slower,
-    # 300 against 212 ms at batch 16: each thread's OpenMP team competed with the training's.)
+    # Stage 1's blur works on images of one size: one grouped convolution for the batch.
+    blurred = blur_each(hr_imgs.float(), [random_blur_kernel(rng, FIRST_STAGE) for rng in rngs])  # (N, 3, H, W)
+    # From here to the last resize the sizes differ per image, so each image goes its own way.
+    # (Running them on a pool of threads halved this function's time alone but made a CPU
+    # training step slower, 300 against 212 ms at batch 16: each thread's OpenMP team competed
+    # with the training's.)
     lr_size = (height // scaling_factor, width // scaling_factor)
-    return torch.cat([_degrade_rest(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])  # (N, 3, h, w)
+    lr_imgs, sincs, last_jpegs = zip(*[_degrade_to_lr_size(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])
+    lr_imgs = torch.cat(lr_imgs)  # (N, 3, h, w)
+    # The last sinc filters, on images of one size again: one convolution for the batch.
+    with_sinc = [i for i in range(n) if sincs[i] is not None]
+    if with_sinc:
+        lr_imgs[with_sinc] = blur_each(lr_imgs[with_sinc], [sincs[i] for i in with_sinc])
+    for i, quality in enumerate(last_jpegs):
+        if quality is not None:
+            lr_imgs[i:i + 1] = jpeg(lr_imgs[i:i + 1], quality)
+    return _quantise(lr_imgs)  # (N, 3, h, w), 8-bit levels in [0, 1]
 
 
-def _degrade_rest(img, rng, lr_size):
-    """Everything after stage 1's blur, for one (1, 3, H, W) image; returns (1, 3, h, w)."""
+def blur_each(imgs, kernels):
+    """imgs (N, 3, H, W), each filtered by its own kernel (a list of N (k, k) CPU tensors of any
+    sizes) in one grouped convolution per border mode. The kernels are padded with zeros to the
+    largest, which adds exact zeros to every sum: each image comes out as blur() alone makes it,
+    so an image's LR does not depend on the batch it came in."""
+    reach = min(imgs.shape[-2:])
+    groups = [[i for i, kernel in enumerate(kernels) if (kernel.shape[-1] // 2 < reach) == reflect]
+              for reflect in (True, False)]  # blur() reflects a border where the kernel's reach allows
+    out = None if len(groups[0]) in (0, len(kernels)) else torch.empty_like(imgs)
+    for group in groups:
+        if not group:
+            continue
+        side = max(kernels[i].shape[-1] for i in group)
+        padded = kernels[group[0]].new_zeros(len(group), side, side)  # (G, side, side)
+        for row, i in enumerate(group):
+            start = (side - kernels[i].shape[-1]) // 2
+            padded[row, start:side - start, start:side - start] = kernels[i]
+        if out is None:  # one group: no gathering and scattering of images
+            return blur(imgs, padded)  # (N, 3, H, W); blur moves the kernels to the images
+        out[group] = blur(imgs[group], padded)
+    return out
+
+
+def _degrade_to_lr_size(img, rng, lr_size):
+    """Everything after stage 1's blur, for one (1, 3, H, W) image, up to the last sinc filter.
+
+    Returns the (1, 3, h, w) image at the LR size, its last sinc kernel (or None) and the
+    quality of the JPEG still to come after that filter (None if it came before the resize).
+    """
     # Stage 1: resize, noise, JPEG.
     scale = random_scale(rng, FIRST_STAGE)
     img = resize(img, (int(img.shape[-2] * scale), int(img.shape[-1] * scale)), rng.choice(RESIZE_MODES))
@@ -276,9 +346,4 @@ def _degrade_rest(img, rng, lr_size):
     jpeg_first = rng.random() < 0.5
     if jpeg_first:
         img = jpeg(img, quality)
-    img = resize(img, lr_size, mode)
-    if sinc is not None:
-        img = blur(img, sinc)
-    if not jpeg_first:
-        img = jpeg(img, quality)
-    return _quantise(img)  # (1, 3, h, w), 8-bit levels in [0, 1]
+    return resize(img, lr_size, mode), sinc, None if jpeg_first else quality  # (1, 3, h, w)
