@@ -53,20 +53,21 @@ scaling_factor: int = 4  # for 'bicubic' and the HR row; a model uses the one it
 degradation: str = 'bicubic'  # test LR images: 'bicubic' (the paper's protocol) or 'realistic' (fixed per image)
 real_lr_folder: str = ''  # real LR photos without ground truth, NIQE only (e.g. 'data/RealSRSet'; '' = none)
 # Model
-models: list = ['bicubic', 'srresnet']  # any of 'bicubic', 'srresnet', 'srresnet_real', 'srgan'
+models: list = ['bicubic', 'srresnet']  # any of 'bicubic', 'srresnet', 'srresnet_real', 'srgan', 'srgan_real'
 # Metrics
 metrics: list = ['psnr', 'ssim', 'niqe']  # any of these; NIQE takes about 0.1 s a 500x500 image on a CPU
 # Checkpoints
 srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # from train_srresnet.py
 srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # a second SRResNet, e.g. for real photos
 srgan_checkpoint: str = ''  # from train_srgan.py (needed when models has 'srgan')
+srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # a second SRGAN, e.g. for real photos
 # Output
 results_file: str = 'runs/eval/eval_results.json'  # mean metrics; the per-image CSV goes beside it ('' = none)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 # ----------------------------------------------------------------------------------------------
 
-MODEL_NAMES = ('bicubic', 'srresnet', 'srresnet_real', 'srgan')
+MODEL_NAMES = ('bicubic', 'srresnet', 'srresnet_real', 'srgan', 'srgan_real')
 METRIC_NAMES = ('psnr', 'ssim', 'niqe')
 # The smallest image side each metric can measure, after the border crop: SSIM's 7x7 window, NIQE's block.
 MIN_SIDE = {'psnr': 1, 'ssim': 7, 'niqe': utils.NIQE_BLOCK_SIZE}
@@ -93,7 +94,7 @@ def row_name(key):
 def model_key(model_name, checkpoint, path):
     """The results key of a loaded model: 'srresnet' or 'srgan_<content loss>', with '_real'
     when its checkpoint was trained on realistic degradations."""
-    key = srgan_key(checkpoint, path) if model_name == 'srgan' else 'srresnet'
+    key = srgan_key(checkpoint, path) if model_name.startswith('srgan') else 'srresnet'
     try:
         return key + ('_real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
     except ValueError as error:
@@ -219,7 +220,7 @@ def main(argv):
             rows['bicubic'] = (None, config.scaling_factor)
             continue
         path = getattr(config, f'{model_name}_checkpoint')
-        kind = 'srgan' if model_name == 'srgan' else 'srresnet'
+        kind = 'srgan' if model_name.startswith('srgan') else 'srresnet'
         try:
             model, checkpoint = runtime.load_sr_model(path, device, kind=kind)
         except (FileNotFoundError, ValueError) as error:

@@ -287,6 +287,14 @@ def test_srgan_rows_are_named_by_their_content_loss(niqe_data_folder, tmp_path, 
     assert '| SRGAN-VGG54 (paper) | 29.40 | 0.8472 |' in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"bad.pth: config content_loss is 'l1'"):
         evaluate(paths['bad'])
+    # A second SRGAN slot, for a real-photo GAN beside the bicubic-trained one, in one table.
+    real_path = str(tmp_path / 'real.pth')
+    save_srgan(real_path, model, config={'content_loss': 'mse', 'degradation': 'realistic'})
+    both = run_eval(eval_args(niqe_data_folder, tmp_path, ['srgan', 'srgan_real'], test_data_names=['Set5'],
+                              srgan_checkpoint=paths['mse'], srgan_real_checkpoint=real_path))
+    assert list(both) == ['srgan_mse', 'srgan_mse_real']
+    assert both['srgan_mse']['Set5'] == both['srgan_mse_real']['Set5']  # the same weights
+    assert '| SRGAN-MSE-real (ours) |' in capsys.readouterr().out
 
 
 def save_srresnet(path, model, **extra):
