@@ -58,47 +58,49 @@ def test_shipped_srgan_looks_more_natural_than_the_srresnet():
 
 
 REAL_CHECKPOINT = os.path.join(REPO, 'checkpoints', 'srresnet_real_x4.pth')
+REAL_SRGAN_CHECKPOINT = os.path.join(REPO, 'checkpoints', 'srgan_real_x4.pth')
+
+
+def damaged_example(keys):
+    """The bundled photo (192 x 128) and one damaged 4x shrink of it per key (realistic degradation,
+    fixed keys), as PIL images."""
+    import degradations
+    with Image.open(EXAMPLE) as img:
+        hr_img = img.convert('RGB')
+    hr = utils.convert_image(hr_img, 'pil', '[0, 1]').unsqueeze(0)  # (1, 3, 128, 192)
+    return hr_img, [utils.convert_image(degradations.degrade(hr, [f'chelsea.png:{key}'], 4)[0], '[0, 1]', 'pil')
+                    for key in keys]  # each 48 x 32
 
 
 def test_shipped_real_photo_srresnet_is_named_so_and_undoes_damage_better():
     """The real-photo SRResNet records its degradation, and on six damaged shrinks of the bundled
     photo (six fixed keys of the realistic degradation) it restores the original better than the
     bicubic-trained SRResNet every time, by half a dB or more on average."""
-    import degradations
     checkpoint = torch.load(REAL_CHECKPOINT, map_location='cpu', weights_only=True)
     assert checkpoint['config']['degradation'] == 'realistic'
     assert super_resolve.model_label(checkpoint) == 'SRResNet-real'
-    with Image.open(EXAMPLE) as img:
-        hr_img = img.convert('RGB')  # 192 x 128
-    hr = utils.convert_image(hr_img, 'pil', '[0, 1]').unsqueeze(0)  # (1, 3, 128, 192)
+    hr_img, lr_imgs = damaged_example(range(6))
     models = {name: runtime.load_sr_model(path, 'cpu')[0] for name, path in (('srresnet', CHECKPOINT),
                                                                             ('real', REAL_CHECKPOINT))}
     gains = []
-    for key in range(6):
-        lr_img = utils.convert_image(degradations.degrade(hr, [f'chelsea.png:{key}'], 4)[0], '[0, 1]', 'pil')
+    for lr_img in lr_imgs:
         psnr = {name: utils.compute_psnr_ssim(super_resolve.upscale_image(model, lr_img, 'cpu', 0, 0), hr_img,
                                               crop_border=4)[0] for name, model in models.items()}
         gains.append(psnr['real'] - psnr['srresnet'])
     assert min(gains) > 0 and sum(gains) / len(gains) > 0.5, gains
 
 
-REAL_SRGAN_CHECKPOINT = os.path.join(REPO, 'checkpoints', 'srgan_real_x4.pth')
-
-
 def test_shipped_real_photo_srgan_is_named_so_and_looks_more_natural_on_damaged_photos():
     """The real-photo SRGAN records its degradation, ships inference weights only, and on damaged
     shrinks of the bundled photo (three fixed keys) it paints back the texture that the real-photo
     SRResNet smooths away: a NIQE lower by more than 1 every time."""
-    import degradations
     checkpoint = torch.load(REAL_SRGAN_CHECKPOINT, map_location='cpu', weights_only=True)
     assert checkpoint['config']['degradation'] == 'realistic' and 'discriminator' not in checkpoint
     assert super_resolve.model_label(checkpoint) == 'SRGAN-MSE-real'
-    with Image.open(EXAMPLE) as img:
-        hr = utils.convert_image(img.convert('RGB'), 'pil', '[0, 1]').unsqueeze(0)  # (1, 3, 128, 192)
+    _, lr_imgs = damaged_example(range(3))
     models = {name: runtime.load_sr_model(path, 'cpu')[0] for name, path in (('srresnet_real', REAL_CHECKPOINT),
                                                                             ('srgan_real', REAL_SRGAN_CHECKPOINT))}
-    for key in range(3):
-        lr_img = utils.convert_image(degradations.degrade(hr, [f'chelsea.png:{key}'], 4)[0], '[0, 1]', 'pil')
+    for key, lr_img in enumerate(lr_imgs):
         scores = {name: utils.niqe(super_resolve.upscale_image(model, lr_img, 'cpu', 0, 0), crop_border=4)
                   for name, model in models.items()}
         assert scores['srgan_real'] < scores['srresnet_real'] - 1, (key, scores)
