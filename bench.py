@@ -430,8 +430,9 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     stream at larger batches and under torch.compile (at the fastest batch and compile_batch_sizes);
     the device stream with the plain last convolution, for what the shuffled one buys, and with
     degradation='realistic', for what it costs; then train_srgan.py. Each project run is timed by
-    the ms/iteration its own log records after the first report (the warm-up). save_partial(result)
-    is called after every row, so a run cut short keeps what it measured."""
+    the ms/iteration its own log records after the first report (the warm-up; 100 iterations for
+    the realistic row on a CPU). save_partial(result) is called after every row, so a run cut
+    short keeps what it measured."""
     iterations = config.train_iterations or (60 if device.type == 'cuda' else 4)
     warmup = 20 if device.type == 'cuda' else 2
     data_folder, paths, source = training_images(config, tmp, notes)
@@ -439,9 +440,16 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     precision, _ = training_precision(device)
     result = {'warmup_iterations': warmup, 'timed_iterations': iterations, 'crop_size': config.crop_size,
               'images': len(paths), 'image_source': source, 'precision': precision, 'runs': []}
-    common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
-              f'--print_freq={warmup}', '--val_freq=0', '--save_freq=1000000000', f'--device={device}',
-              f'--seed={config.seed}', '--overwrite=True'] + config.train_args.split()
+    # The realistic degradation's first hundred or so batches on a CPU are slower (about 45 against
+    # 30 ms to degrade 16 crops): oneDNN compiles a convolution for each image shape it has not seen
+    # yet. A training run is thousands of iterations, so its row is timed after that warm-up.
+    realistic_warmup = warmup if device.type == 'cuda' else 100
+    result['realistic_warmup_iterations'] = realistic_warmup
+
+    def common(warmup):
+        return [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
+                f'--print_freq={warmup}', '--val_freq=0', '--save_freq=1000000000', f'--device={device}',
+                f'--seed={config.seed}', '--overwrite=True'] + config.train_args.split()
     model_flags = [f'--{key}={value}' for key, value in model_args.items()]
     run_numbers = itertools.count()  # each project run's own out_dir
 
@@ -460,9 +468,9 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
               + (f", {gflops:.0f} GFLOP/s" if gflops else ''))
         return run
 
-    def project_run(name, script, batch_size, flags):
+    def project_run(name, script, batch_size, flags, warmup=warmup):
         out_dir = os.path.join(tmp, f'run{next(run_numbers)}')
-        args = common + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
+        args = common(warmup) + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
         print(f"  training: {script} batch {batch_size} {' '.join(flags)}")
         try:
             run_script_process(script, args)
@@ -493,7 +501,7 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         # What the realistic degradation (degradations.py) costs a training step.
         if config.batch_sizes:
             project_run('device stream, realistic', 'train_srresnet.py', config.batch_sizes[0],
-                        model_flags + ['--data_on_device=on', '--degradation=realistic'])
+                        model_flags + ['--data_on_device=on', '--degradation=realistic'], realistic_warmup)
     if config.srgan:
         for batch_size in config.srgan_batch_sizes:
             for content_loss in ('mse', 'vgg54'):
@@ -605,7 +613,8 @@ def print_table(results):
         cost = training.get('realistic_cost')
         if cost:
             print(f"   the realistic degradation costs {cost['extra']:+.1%} of a device-stream step at batch "
-                  f"{cost['batch_size']}")
+                  f"{cost['batch_size']} (its row timed after {training['realistic_warmup_iterations']} warm-up "
+                  f"iterations)")
     peaks = results.get('peak_gflop_per_s') or {}
     if peaks:
         print("\n3. Utilisation: peak 3x3 channels_last convolution "

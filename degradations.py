@@ -184,16 +184,22 @@ def blur(img, kernel):
     # below) that go through as planes of their own: the same sums, bit for bit, and 2 to 4.5
     # times faster for one image of 60-144 pixels on an AVX-512 Xeon.
     strips = max(1, min(height, 16 // (n * channels))) if img.device.type == 'cpu' else 1
-    rows = -(-height // strips)  # output rows per strip
+    rows, extra_cols = -(-height // strips), 0  # output rows per strip; zero columns on the right
     if strips > 1:
-        padded = F.pad(padded, (0, 0, 0, strips * rows - height))  # zero rows, read only by outputs cut off below
-        padded = padded.unfold(2, rows + 2 * pad, rows).transpose(-1, -2)  # (N, 3, strips, rows + 2p, W + 2p)
-    planes = padded.reshape(1, n * channels * strips, rows + 2 * pad, width + 2 * pad)
+        # oneDNN also compiles a convolution for each new input shape (about 0.4 ms) and keeps
+        # about a thousand; lone images of random sizes, each with one of 8 kernel sizes, would
+        # miss that cache nearly every time. Rounding the strips' height and width up to
+        # multiples of 8, with zeros read only by outputs that are cut off, makes shapes repeat.
+        rows += -(rows + 2 * pad) % 8
+        extra_cols = -(width + 2 * pad) % 8
+        padded = F.pad(padded, (0, extra_cols, 0, strips * rows - height))  # zeros below and to the right
+        padded = padded.unfold(2, rows + 2 * pad, rows).transpose(-1, -2)  # (N, 3, strips, rows + 2p, W' + 2p)
+    planes = padded.reshape(1, n * channels * strips, rows + 2 * pad, width + extra_cols + 2 * pad)
     kernel = kernel.to(img)
     weight = kernel.expand(planes.shape[1], size, size) if kernel.dim() == 2 \
         else kernel.repeat_interleave(channels * strips, dim=0)  # (N * 3 * strips, k, k)
-    out = F.conv2d(planes, weight.unsqueeze(1), groups=planes.shape[1])  # (1, N * 3 * strips, rows, W)
-    return out.view(n, channels, strips * rows, width)[:, :, :height]
+    out = F.conv2d(planes, weight.unsqueeze(1), groups=planes.shape[1])  # (1, N * 3 * strips, rows, W')
+    return out.view(n, channels, strips * rows, width + extra_cols)[:, :, :height, :width]
 
 
 def resize(img, size, mode):

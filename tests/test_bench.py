@@ -110,7 +110,7 @@ def test_bench_runs_and_writes_its_json(tmp_path, monkeypatch):
     cost = written['training']['realistic_cost']
     assert cost['batch_size'] == 2 and cost['extra'] == pytest.approx(
         runs['device stream, realistic']['seconds_per_iteration'] / runs['device stream']['seconds_per_iteration'] - 1)
-    assert written['training']['timed_iterations'] == 3
+    assert written['training']['timed_iterations'] == 3 and written['training']['realistic_warmup_iterations'] == 100
     assert written['tiling']['lr_size'] == [20, 14] and written['tiling']['tile_size'] == 8
     assert any('synthetic' in note for note in written['notes'])
     assert written['peak_gflop_per_s']['fp32'] > 0 and written['peak_gflop_per_s']['bf16'] > 0
