@@ -291,7 +291,8 @@ def degrade(hr_imgs, keys, scaling_factor):
     # From here to the last resize the sizes differ per image, so each image goes its own way.
     # (Running them on a pool of threads halved this function's time alone but made a CPU
     # training step slower, 300 against 212 ms at batch 16: each thread's OpenMP team competed
-    # with the training's.)
+    # with the training's. Degrading the next batch on a thread while the model trains gained
+    # nothing either: the model's two threads already fill a 2-core CPU.)
     lr_size = (height // scaling_factor, width // scaling_factor)
     lr_imgs, sincs, last_jpegs = zip(*[_degrade_to_lr_size(blurred[i:i + 1], rngs[i], lr_size) for i in range(n)])
     lr_imgs = torch.cat(lr_imgs)  # (N, 3, h, w)
