@@ -442,7 +442,8 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
               'images': len(paths), 'image_source': source, 'precision': precision, 'runs': []}
     # The realistic degradation's first hundred or so batches on a CPU are slower (about 45 against
     # 30 ms to degrade 16 crops): oneDNN compiles a convolution for each image shape it has not seen
-    # yet. A training run is thousands of iterations, so its row is timed after that warm-up.
+    # yet. A training run is thousands of iterations, so its row is timed after that warm-up. (A
+    # bicubic run has no such start, so the device-stream row it is compared with keeps its own.)
     realistic_warmup = warmup if device.type == 'cuda' else 100
     result['realistic_warmup_iterations'] = realistic_warmup
 

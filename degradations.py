@@ -184,7 +184,7 @@ def blur(img, kernel):
     # below) that go through as planes of their own: the same sums, bit for bit, and 2 to 4.5
     # times faster for one image of 60-144 pixels on an AVX-512 Xeon.
     strips = max(1, min(height, 16 // (n * channels))) if img.device.type == 'cpu' else 1
-    rows, extra_cols = -(-height // strips), 0  # output rows per strip; zero columns on the right
+    rows, extra_cols = -(-height // strips), 0  # output rows per strip; W' = width + extra_cols
     if strips > 1:
         # oneDNN also compiles a convolution for each new input shape (about 0.4 ms) and keeps
         # about a thousand; lone images of random sizes, each with one of 8 kernel sizes, would
