@@ -447,10 +447,8 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     realistic_warmup = warmup if device.type == 'cuda' else 100
     result['realistic_warmup_iterations'] = realistic_warmup
 
-    def common(warmup):
-        return [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', f'--iterations={warmup + iterations}',
-                f'--print_freq={warmup}', '--val_freq=0', '--save_freq=1000000000', f'--device={device}',
-                f'--seed={config.seed}', '--overwrite=True'] + config.train_args.split()
+    common = [f'--data_folder={data_folder}', f'--crop_size={config.crop_size}', '--val_freq=0',
+              '--save_freq=1000000000', f'--device={device}', f'--seed={config.seed}', '--overwrite=True']
     model_flags = [f'--{key}={value}' for key, value in model_args.items()]
     run_numbers = itertools.count()  # each project run's own out_dir
 
@@ -471,7 +469,9 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
 
     def project_run(name, script, batch_size, flags, warmup=warmup):
         out_dir = os.path.join(tmp, f'run{next(run_numbers)}')
-        args = common(warmup) + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags
+        # The last --key wins, so train_args override the flags before them, as they always have.
+        args = (common + [f'--iterations={warmup + iterations}', f'--print_freq={warmup}'] + config.train_args.split()
+                + [f'--batch_size={batch_size}', f'--out_dir={out_dir}'] + flags)
         print(f"  training: {script} batch {batch_size} {' '.join(flags)}")
         try:
             run_script_process(script, args)

@@ -91,10 +91,10 @@ def row_name(key):
     return {'hr': 'HR', 'bicubic': 'Bicubic', 'srresnet': 'SRResNet'}.get(key) or 'SRGAN-' + key[6:].upper()
 
 
-def model_key(model_name, checkpoint, path):
-    """The results key of a loaded model: 'srresnet' or 'srgan_<content loss>', with '_real'
-    when its checkpoint was trained on realistic degradations."""
-    key = srgan_key(checkpoint, path) if model_name.startswith('srgan') else 'srresnet'
+def model_key(kind, checkpoint, path):
+    """The results key of a loaded model of `kind` ('srresnet' or 'srgan'): 'srresnet' or
+    'srgan_<content loss>', with '_real' when its checkpoint was trained on realistic degradations."""
+    key = srgan_key(checkpoint, path) if kind == 'srgan' else 'srresnet'
     try:
         return key + ('_real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
     except ValueError as error:
@@ -226,7 +226,7 @@ def main(argv):
         except (FileNotFoundError, ValueError) as error:
             raise type(error)(f"{error}. {runtime.train_hint(kind)} and pass it with "
                               f"--{model_name}_checkpoint=PATH") from None
-        key = model_key(model_name, checkpoint, path)
+        key = model_key(kind, checkpoint, path)
         runtime.require(key not in rows, f"--{model_name}_checkpoint={path} makes a second {row_name(key)} row: "
                                          f"give each model a different checkpoint")
         rows[key] = (model, 2 ** len(model.subpixel_convolutional_blocks))  # the scale it was trained for
