@@ -153,7 +153,7 @@ class SRDataset(Dataset):
         else:
             key = rng.getrandbits(64) if seed is None else seed
         hr = utils.convert_image(hr_img, source='pil', target='[0, 1]')  # (3, H, W)
-        lr = degradations.degrade(hr.unsqueeze(0), [key], self.transform.scaling_factor)[0]  # (3, H/s, W/s)
+        lr = degradations.degrade_by(self.degradation, hr.unsqueeze(0), [key], self.transform.scaling_factor)[0]  # (3, H/s, W/s)
         return (utils.convert_image(lr, source='[0, 1]', target=self.transform.lr_img_type),
                 utils.convert_image(hr, source='[0, 1]', target=self.transform.hr_img_type))
 
@@ -286,7 +286,8 @@ class DeviceTrainStream:
             lr_imgs = utils.pillow_bicubic_resize(hr_imgs, (lr_side, lr_side)).float() / 255.  # (N, 3, c/s, c/s)
         else:
             keys = [sample_key(self.seed, p) for p in range(first, first + self.batch_size)]
-            lr_imgs = degradations.degrade(hr_imgs.float() / 255., keys, self.scaling_factor)  # (N, 3, c/s, c/s)
+            lr_imgs = degradations.degrade_by(self.degradation, hr_imgs.float() / 255., keys,
+                                              self.scaling_factor)  # (N, 3, c/s, c/s)
         lr_imgs = utils.convert_image(lr_imgs, '[0, 1]', 'imagenet-norm')  # (N, 3, c/s, c/s)
         hr_imgs = utils.convert_image(hr_imgs.float() / 255., '[0, 1]', self.hr_img_type)  # (N, 3, c, c)
         return lr_imgs, hr_imgs

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEGRADATIONS = ('bicubic', 'realistic')  # 'bicubic': the paper's clean shrink (utils.ImageTransforms)
+DEGRADATIONS = ('bicubic', 'realistic', 'ladder')  # 'bicubic': the paper's clean shrink (utils.ImageTransforms)
 
 # ----------------------------------------------------------------------------------------------
 # The ranges and probabilities. Source: Real-ESRGAN's options/train_realesrnet_x4plus.yml and
@@ -75,10 +75,27 @@ FINAL_SINC_PROB = 0.8  # the last resize is followed by a sinc filter this often
 # differentiable JPEG approximation; our HR target is the clean crop and the JPEG is the real codec.
 
 
+# ----------------------------------------------------------------------------------------------
+# The ladder: damage from none to heavy. 'heavy' is the chain above; the lighter rungs are one
+# stage each (blur, shrink, noise, JPEG) with narrower ranges, so a model trained on the ladder
+# sees photos as they come, most of them far less damaged than Real-ESRGAN's distribution.
+# 'ladder' draws one rung per sample (LADDER_WEIGHTS); 'ladder:<rung>' always takes that rung
+# (eval.py's fixed levels). The ranges were set before any model was trained or scored on them.
+# ----------------------------------------------------------------------------------------------
+LADDER_LEVELS = ('clean', 'light', 'medium', 'heavy', 'jpeg')
+LADDER_WEIGHTS = (0.15, 0.2, 0.25, 0.3, 0.1)  # how often training draws each rung
+LIGHT = dict(FIRST_STAGE, blur_sigma=(0.2, 1.2), sinc_prob=0., noise_range=(1., 4.), poisson_scale_range=(0.05, 0.4),
+             jpeg_range=(70, 95))  # a little blur, weak noise, a good JPEG; Pillow's bicubic shrink
+MEDIUM = dict(FIRST_STAGE, blur_sigma=(0.5, 2.0), sinc_prob=0., noise_range=(3., 12.), poisson_scale_range=(0.3, 1.5),
+              jpeg_range=(40, 75))  # a softer lens, a shrink by any filter, clear noise, a middling JPEG
+JPEG_ONLY_RANGE = (20, 60)  # 'jpeg': Pillow's bicubic shrink, then one low-quality JPEG
+
+
 def check_degradation(degradation):
     """Refuse an unknown degradation name before any work (a ValueError naming the choices)."""
-    if degradation not in DEGRADATIONS:
-        raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
+    rungs = tuple(f'ladder:{level}' for level in LADDER_LEVELS)
+    if degradation not in DEGRADATIONS + rungs:
+        raise ValueError(f"degradation must be one of {DEGRADATIONS + rungs}, got {degradation!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,6 +323,57 @@ def degrade(hr_imgs, keys, scaling_factor):
     return _quantise(lr_imgs)  # (N, 3, h, w), 8-bit levels in [0, 1]
 
 
+def degrade_by(degradation, hr_imgs, keys, scaling_factor):
+    """LR images by a named degradation other than 'bicubic' ('realistic', 'ladder' or
+    'ladder:<level>'): the same arguments and result as degrade(). Under 'ladder' each key draws
+    its own rung, so one batch mixes clean, lightly and heavily damaged crops."""
+    check_degradation(degradation)
+    if degradation == 'realistic':
+        return degrade(hr_imgs, keys, scaling_factor)
+    if degradation == 'ladder':
+        levels = [ladder_level(key) for key in keys]
+    else:
+        levels = [degradation.split(':')[1]] * len(keys)
+    heavy = [i for i, level in enumerate(levels) if level == 'heavy']
+    if len(heavy) == len(keys):
+        return degrade(hr_imgs, keys, scaling_factor)
+    n, _, height, width = hr_imgs.shape
+    lr_imgs = hr_imgs.new_empty(n, 3, height // scaling_factor, width // scaling_factor, dtype=torch.float32)
+    if heavy:  # the heavy rung is the realistic chain with the same key: the same bytes as 'realistic'
+        lr_imgs[heavy] = degrade(hr_imgs[heavy], [keys[i] for i in heavy], scaling_factor)
+    for i, level in enumerate(levels):
+        if level != 'heavy':
+            rng = random.Random(f'ladder:{level}:{keys[i]}')
+            lr_imgs[i:i + 1] = _ladder_rung(hr_imgs[i:i + 1].float(), rng, level, scaling_factor)
+    return lr_imgs  # (N, 3, H / s, W / s), 8-bit levels in [0, 1]
+
+
+def ladder_level(key):
+    """The rung of LADDER_LEVELS that degradation 'ladder' gives the sample of this key."""
+    return random.Random(f'ladder:{key}').choices(LADDER_LEVELS, weights=LADDER_WEIGHTS)[0]
+
+
+def _ladder_rung(img, rng, level, scaling_factor):
+    """One (1, 3, H, W) image in [0, 1] through a light rung of the ladder: clean, light, medium, jpeg."""
+    from utils import pillow_bicubic_resize  # here: utils imports torchvision's codecs lazily too
+    lr_size = (img.shape[-2] // scaling_factor, img.shape[-1] // scaling_factor)
+
+    def pillow_shrink(img):  # the paper's clean shrink, as SRDataset makes it with Pillow
+        levels = _levels(img).to(torch.uint8)  # (1, 3, H, W) uint8
+        return pillow_bicubic_resize(levels, lr_size[::-1]).float().div_(255.)  # (1, 3, h, w)
+
+    if level == 'clean':
+        return pillow_shrink(img)
+    if level == 'jpeg':
+        return jpeg(pillow_shrink(img), rng.randint(*JPEG_ONLY_RANGE))
+    stage = LIGHT if level == 'light' else MEDIUM
+    img = blur(img, random_blur_kernel(rng, stage))
+    # Light: the clean shrink (antialiased). Medium: any of the realistic chain's resize filters.
+    img = pillow_shrink(img) if level == 'light' else resize(img, lr_size, rng.choice(RESIZE_MODES))
+    img = add_noise(img, rng, stage)
+    return _quantise(jpeg(img, rng.randint(*stage['jpeg_range'])))  # (1, 3, h, w)
+
+
 def blur_each(imgs, kernels):
     """imgs (N, 3, H, W), each filtered by its own kernel (a list of N (k, k) CPU tensors of any
     sizes) in one grouped convolution per border mode. The kernels are padded with zeros to the
@@ -354,3 +422,103 @@ def _degrade_to_lr_size(img, rng, lr_size):
     if jpeg_first:
         img = jpeg(img, quality)
     return resize(img, lr_size, mode), sinc, None if jpeg_first else quality  # (1, 3, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the damage back: how far toward the real-photo models an input should go
+# ----------------------------------------------------------------------------------------------
+
+# The JPEG standard's luminance quantisation table (ITU-T T.81, Annex K), rows = vertical frequency.
+JPEG_LUMA_TABLE = ((16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
+                   (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
+                   (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
+                   (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99))
+JPEG_PROBE = ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (2, 2))  # the frequencies read
+JPEG_MIN_COUNT = 16  # coefficients a step needs to be believed (16 random phases line up > 0.6 with p < 0.1%)
+JPEG_MAX_STEP = 96  # the coarsest quantisation step looked for (quality 10 quantises these by 50-80)
+
+
+def jpeg_scale_of_table(table):
+    """How coarse a JPEG's luminance table is, as libjpeg's scale factor / 100: 0.1 at quality 95,
+    0.5 at 75, 1 at 50, 2.5 at 20 (the median over the JPEG_PROBE frequencies of step / standard
+    step). table: 64 steps in row-major order, as Pillow's `img.quantization[0]` gives them."""
+    steps = [table[8 * row + col] / JPEG_LUMA_TABLE[row][col] for row, col in JPEG_PROBE]
+    return float(np.median(steps))
+
+
+def jpeg_scale_of_pixels(y):
+    """jpeg_scale_of_table for an image decoded from a JPEG, read from its pixels: a decoded JPEG's
+    8x8 DCT coefficients sit on multiples of the quantisation steps (up to the rounding of the
+    pixels), so each probed frequency's step is the largest step its coefficients line up with.
+    y: (h, w) JPEG luma (0.299 R + 0.587 G + 0.114 B) in [0, 255]. Returns 0. when no step of 2
+    or more is found: never a JPEG, or a very fine one, or one resized since."""
+    height, width = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+    if height == 0 or width == 0:
+        return 0.
+    blocks = (y[:height, :width] - 128.).reshape(height // 8, 8, width // 8, 8).permute(0, 2, 1, 3)  # (H/8, W/8, 8, 8)
+    k = torch.arange(8, dtype=torch.float64)
+    basis = torch.cos((2 * k.view(1, 8) + 1) * k.view(8, 1) * math.pi / 16) * torch.where(
+        k == 0, math.sqrt(1 / 8), math.sqrt(2 / 8)).view(8, 1)  # (8, 8): the orthonormal DCT-II, JPEG's
+    coefficients = basis @ blocks.double() @ basis.T  # (H/8, W/8, 8, 8)
+    candidates = torch.arange(2, JPEG_MAX_STEP + 1, dtype=torch.float64).view(-1, 1)  # (S, 1)
+    scales = []
+    for row, col in JPEG_PROBE:
+        values = coefficients[..., row, col].flatten().view(1, -1)  # (1, B)
+        # Only coefficients at least half a step from 0 can say whether they sit on its nonzero
+        # multiples: small ones line up with any large step. Too few of them (under
+        # JPEG_MIN_COUNT) could line up by chance.
+        counted = values.abs() >= candidates / 2  # (S, B)
+        phase = 2 * math.pi * values / candidates  # (S, B)
+        count = counted.sum(1).clamp_min(1)  # (S,)
+        alignment = torch.hypot((torch.cos(phase) * counted).sum(1), (torch.sin(phase) * counted).sum(1)) / count
+        aligned = candidates[(alignment > 0.6) & (counted.sum(1) >= JPEG_MIN_COUNT)]  # 1 on the grid, ~0 off it
+        scales.append(float(aligned.max()) / JPEG_LUMA_TABLE[row][col] if aligned.numel() else 0.)
+    return float(np.median(scales))
+
+
+def jpeg_scale(img, jpeg_table=None):
+    """How coarse an image's last JPEG was (jpeg_scale_of_table; 0: none found): from the file's
+    table when given, else read from the pixels. img: (3, h, w) in [0, 1] on 8-bit levels."""
+    if jpeg_table is not None:
+        return jpeg_scale_of_table(jpeg_table)
+    rgb = img.double().cpu() * 255.  # (3, h, w), levels 0..255
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)).sum(0)  # (h, w), JPEG's Y
+    return jpeg_scale_of_pixels(luma)
+
+
+AUTO_CROP = 128  # LR pixels: a larger image is judged from crops of this side, so its size costs nothing
+AUTO_CROPS = 4  # crops a side at most (16 in all), spread over the image
+
+
+def damage_crops(img):
+    """(K, 3, c, c) crops that stand for an image when the damage classifier reads it: the image
+    itself when it is small, else up to AUTO_CROPS x AUTO_CROPS crops of AUTO_CROP pixels spread
+    evenly, their corners on JPEG's 8-pixel grid. img: (3, h, w)."""
+    height, width = img.shape[-2:]
+    if height <= AUTO_CROP and width <= AUTO_CROP:
+        return img.unsqueeze(0)  # (1, 3, h, w)
+
+    def corners(size):
+        side = min(size, AUTO_CROP)
+        n = min(AUTO_CROPS, math.ceil(size / side))
+        return [((size - side) * i // max(1, n - 1)) // 8 * 8 for i in range(n)], side
+
+    (tops, crop_h), (lefts, crop_w) = corners(height), corners(width)
+    return torch.stack([img[:, top:top + crop_h, left:left + crop_w] for top in tops for left in lefts])
+
+
+@torch.no_grad()
+def damage_levels(model, img, jpeg_table=None):
+    """The damage classifier's reading of one LR image: (len(LADDER_LEVELS),) probabilities, the
+    mean over damage_crops. model: a DamageNet in eval mode, on the CPU; img: (3, h, w) in [0, 1]."""
+    crops = damage_crops(img.float().cpu())  # (K, 3, c, c)
+    scales = torch.full((crops.shape[0],), jpeg_scale(img, jpeg_table))  # (K,): the whole image's
+    return torch.softmax(model(crops, scales), dim=1).mean(0)  # (levels,)
+
+
+def auto_denoise(probabilities, level_denoise):
+    """The denoise value of an image the classifier read as `probabilities`: the mean of each
+    level's denoise value (fitted on the validation images: fit_denoise.py), weighted by its
+    probability, rounded to steps of 0.05 (so a folder of photos needs few distinct blends)."""
+    value = float(sum(p * d for p, d in zip(probabilities.tolist(), level_denoise)))
+    return round(min(1., max(0., value)) * 20) / 20

@@ -43,28 +43,35 @@ from tqdm import tqdm
 import runtime
 import utils
 from datasets import SRDataset, data_list_path, read_data_list
-from degradations import DEGRADATIONS
+from degradations import DEGRADATIONS, LADDER_LEVELS, auto_denoise, damage_levels
+from super_resolve import prepare_for_inference
 
 # ----------------------------------------------------------------------------------------------
 # Data
 data_folder: str = 'data'  # where the <name>_test_images.json lists are (create_data_lists.py)
 test_data_names: list = ['Set5', 'Set14', 'BSD100']  # test sets, in the table's order
 scaling_factor: int = 4  # for 'bicubic' and the HR row; a model uses the one its checkpoint was trained for
-degradation: str = 'bicubic'  # test LR images: 'bicubic' (the paper's protocol) or 'realistic' (fixed per image)
+degradation: str = 'bicubic'  # test LR images: 'bicubic' (the paper's protocol), 'realistic' (fixed per image)
+#                               or 'ladder' (each image at every level of degradations.LADDER_LEVELS)
 real_lr_folder: str = ''  # real LR photos without ground truth, NIQE only (e.g. 'data/RealSRSet'; '' = none)
 # Model
 models: list = ['bicubic', 'srresnet']  # any of 'bicubic', 'srresnet', 'srresnet_real', 'srgan', 'srgan_real'
+denoise: list = []  # more rows: the four checkpoints below blended at each of these denoise values (in [0, 1],
+#                     or 'auto': chosen from each LR image, as super_resolve.py does), e.g. "[0.5, 'auto']"
+texture: float = 0.  # the texture value of those blends, in [0, 1] (0: the SRResNets only)
 # Metrics
 metrics: list = ['psnr', 'ssim', 'niqe']  # any of these; NIQE takes about 0.1 s a 500x500 image on a CPU
 # Checkpoints
 srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # from train_srresnet.py
 srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # a second SRResNet, e.g. for real photos
-srgan_checkpoint: str = ''  # from train_srgan.py (needed when models has 'srgan')
+srgan_checkpoint: str = 'checkpoints/srgan_mse_x4.pth'  # from train_srgan.py (when models has 'srgan')
 srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # a second SRGAN, e.g. for real photos
+damage_checkpoint: str = 'checkpoints/damage_x4.pth'  # denoise 'auto': the damage classifier (fit_denoise.py)
 # Output
 results_file: str = 'runs/eval/eval_results.json'  # mean metrics; the per-image CSV goes beside it ('' = none)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
+precision: str = 'fp32'  # the models' arithmetic: 'fp32' (exact), or 'auto', 'bf16', 'fp16' as in super_resolve.py
 # ----------------------------------------------------------------------------------------------
 
 MODEL_NAMES = ('bicubic', 'srresnet', 'srresnet_real', 'srgan', 'srgan_real')
@@ -85,7 +92,10 @@ PAPER_RESULTS = {
 
 def row_name(key):
     """The table's name for a results key: 'hr' -> 'HR', 'srgan_mse' -> 'SRGAN-MSE', and a model
-    trained on realistic degradations gets '-real': 'srresnet_real' -> 'SRResNet-real'."""
+    trained on realistic degradations gets '-real': 'srresnet_real' -> 'SRResNet-real'. A blend's
+    key is 'blend d0.5 t0' (or 'blend auto t0'): 'SRResNet d0.5 t0' (runtime.blend_label)."""
+    if key.startswith('blend '):
+        return 'SRResNet ' + key[len('blend '):]
     if key.endswith('_real'):
         return row_name(key[:-len('_real')]) + '-real'
     return {'hr': 'HR', 'bicubic': 'Bicubic', 'srresnet': 'SRResNet'}.get(key) or 'SRGAN-' + key[6:].upper()
@@ -96,7 +106,7 @@ def model_key(kind, checkpoint, path):
     'srgan_<content loss>', with '_real' when its checkpoint was trained on realistic degradations."""
     key = srgan_key(checkpoint, path) if kind == 'srgan' else 'srresnet'
     try:
-        return key + ('_real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
+        return key + ('_real' if runtime.degradation_of(checkpoint) != 'bicubic' else '')
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -131,8 +141,32 @@ def super_resolve(model, lr_img, hr_size, device):
     if model is None:
         return utils.convert_image(lr_img, source='[0, 1]', target='pil').resize(hr_size, Image.BICUBIC)
     lr_norm = utils.convert_image(lr_img, source='[0, 1]', target='imagenet-norm')  # (3, h, w)
-    sr_img = model(lr_norm.unsqueeze(0).to(device))[0]  # (3, h * s, w * s), in [-1, 1]
+    dtype = next(model.parameters()).dtype
+    sr_img = model(lr_norm.unsqueeze(0).to(device, dtype))[0]  # (3, h * s, w * s), in [-1, 1]
     return utils.convert_image(sr_img.float(), source='[-1, 1]', target='pil')
+
+
+class AutoBlend:
+    """The 'auto' row: for each LR image, the blend at the denoise value that the damage
+    classifier reads from it (degradations.auto_denoise). Blends are made once per distinct value
+    (auto_denoise rounds to steps of 0.05)."""
+
+    def __init__(self, blend, texture, device, dtype, damage_checkpoint):
+        self.blend, self.texture, self.device, self.dtype, self.models = blend, texture, device, dtype, {}
+        self.classifier, self.level_denoise = runtime.load_damage_model(damage_checkpoint)
+        self.denoise = None  # the value of the last image
+
+    def __call__(self, lr_img):
+        """The model for one (3, h, w) LR image in [0, 1]; sets self.denoise."""
+        self.denoise = auto_denoise(damage_levels(self.classifier, lr_img), self.level_denoise)
+        if self.denoise not in self.models:
+            self.models[self.denoise] = ready(self.blend.model(self.denoise, self.texture, self.device), self.dtype)
+        return self.models[self.denoise]
+
+
+def ready(model, dtype):
+    """The model as it is in float32 (the published numbers), else made fast in `dtype`."""
+    return model if dtype == torch.float32 else prepare_for_inference(model, channels_last=True, dtype=dtype)
 
 
 def measure(sr_img, hr_img, metric_names, crop_border):
@@ -168,6 +202,19 @@ def markdown_table(results, test_data_names, metric_names, paper_rows=True):
     return '\n'.join(lines)
 
 
+def ladder_table(results, name, metric_names):
+    """The means on one test set under the ladder as a Markdown table: a row per model, a column
+    per level, each cell its metrics joined by ' / ' (e.g. PSNR / SSIM)."""
+    formats = {'psnr': '{:.2f}', 'ssim': '{:.4f}', 'niqe': '{:.2f}'}
+    lines = [f"| Model | {' | '.join(LADDER_LEVELS)} |", '|' + '---|' * (1 + len(LADDER_LEVELS))]
+    for key, per_set in results.items():
+        cells = [' / '.join('—' if per_set.get(f'{name}:{level}', {}).get(metric) is None
+                            else formats[metric].format(per_set[f'{name}:{level}'][metric]) for metric in metric_names)
+                 for level in LADDER_LEVELS]
+        lines.append(f"| {row_name(key)} | {' | '.join(cells)} |")
+    return '\n'.join(lines)
+
+
 def real_photos(folder, factors):
     """The image files of a folder of real LR photos, checked before any model runs: the folder
     exists and holds images, and each is large enough for NIQE once upscaled by every factor."""
@@ -188,10 +235,12 @@ def real_photos(folder, factors):
 
 
 def upscale_real_photo(model, path, s, device):
-    """The SR image (PIL) of one real LR photo: the model's output, or the bicubic upscale."""
+    """The SR image (PIL) of one real LR photo: the model's output (an AutoBlend's for this
+    photo), or the bicubic upscale."""
     with Image.open(path) as img:
         lr_pil = utils.pil_to_rgb(img)
     lr_img = utils.convert_image(lr_pil, source='pil', target='[0, 1]')  # (3, h, w)
+    model = model(lr_img) if isinstance(model, AutoBlend) else model
     return super_resolve(model, lr_img, (lr_pil.width * s, lr_pil.height * s), device)
 
 
@@ -209,8 +258,13 @@ def main(argv):
                     f"degradation must be one of {DEGRADATIONS}, got {config.degradation!r}")
     runtime.require(config.test_data_names or config.real_lr_folder,
                     "test_data_names is empty and no real_lr_folder is given: nothing to evaluate")
+    denoise_values = [value if value == 'auto' else runtime.check_blend_value('denoise', value)
+                      for value in config.denoise]
+    runtime.check_blend_value('texture', config.texture)
+    runtime.require(len(set(map(str, denoise_values))) == len(denoise_values), f"denoise has repeats: {config.denoise}")
     device = runtime.pick_device(config.device)
-    print(f"Device: {device}")
+    dtype = runtime.inference_dtype(device, config.precision)
+    print(f"Device: {device}, precision {next(name for name, d in runtime.PRECISIONS.items() if d == dtype)}")
 
     # Everything that can be missing or wrong is checked before any model runs.
     images = {name: read_data_list(data_list_path(config.data_folder, name)) for name in config.test_data_names}
@@ -229,9 +283,19 @@ def main(argv):
         key = model_key(kind, checkpoint, path)
         runtime.require(key not in rows, f"--{model_name}_checkpoint={path} makes a second {row_name(key)} row: "
                                          f"give each model a different checkpoint")
-        rows[key] = (model, 2 ** len(model.subpixel_convolutional_blocks))  # the scale it was trained for
+        rows[key] = (ready(model, dtype), 2 ** len(model.subpixel_convolutional_blocks))  # its own scale
         print(f"{row_name(key)}: {path} (iteration {checkpoint.get('iteration', '?')}, "
               f"trained on {runtime.degradation_of(checkpoint)} LR images)")
+    if denoise_values:
+        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
+                   config.srgan_real_checkpoint]
+        blend = runtime.Blend(corners, needed=[not t or config.texture > 0 for _, t in runtime.CORNERS])
+        for value in denoise_values:
+            model = AutoBlend(blend, config.texture, device, dtype, config.damage_checkpoint) if value == 'auto' \
+                else ready(blend.model(value, config.texture, device), dtype)
+            rows['blend ' + runtime.blend_label(value, config.texture)[len('SRResNet '):]] = \
+                (model, blend.args['scaling_factor'])
+        print(f"Blends: {', '.join(map(str, config.denoise))} at texture {config.texture:g}, of {corners}")
     for name in config.test_data_names:
         check_sizes(data_list_path(config.data_folder, name), images[name], {s for _, s in rows.values()},
                     config.metrics)
@@ -240,41 +304,61 @@ def main(argv):
     real_paths = real_photos(config.real_lr_folder, {s for _, s in rows.values()}) if config.real_lr_folder else []
     real_name = os.path.basename(os.path.normpath(config.real_lr_folder))
 
+    # Under the ladder, each test set is measured at every level, as a set of its own ('Set14:medium').
+    levels = LADDER_LEVELS if config.degradation == 'ladder' else (None,)
+    sets = [(name, level) for name in config.test_data_names for level in levels]
     results, csv_rows = {}, []
     for key, (model, s) in rows.items():
         results[key] = {}
-        for name in config.test_data_names:
+        for name, level in sets:
+            set_name = name if level is None else f'{name}:{level}'
             dataset = SRDataset(config.data_folder, 'test', crop_size=0, scaling_factor=s, lr_img_type='[0, 1]',
-                                hr_img_type='[0, 1]', test_data_name=name, degradation=config.degradation)
-            per_image = []
-            for i in tqdm(range(len(dataset)), desc=f'{row_name(key)} on {name}', unit='image', leave=False):
+                                hr_img_type='[0, 1]', test_data_name=name,
+                                degradation=config.degradation if level is None else f'ladder:{level}')
+            per_image, chosen = [], []
+            for i in tqdm(range(len(dataset)), desc=f'{row_name(key)} on {set_name}', unit='image', leave=False):
                 lr_img, hr_img = dataset[i]  # (3, h, w) and (3, h * s, w * s), in [0, 1]
                 hr_pil = utils.convert_image(hr_img, source='[0, 1]', target='pil')  # exact: it was 8-bit
-                sr_pil = None if key == 'hr' else super_resolve(model, lr_img, hr_pil.size, device)
+                image_model = model(lr_img) if isinstance(model, AutoBlend) else model
+                chosen.append(model.denoise if isinstance(model, AutoBlend) else '')
+                sr_pil = None if key == 'hr' else super_resolve(image_model, lr_img, hr_pil.size, device)
                 per_image.append(measure(sr_pil, hr_pil, config.metrics, crop_border=s))
             columns = {metric: [values[metric] for values in per_image] for metric in config.metrics}
             means = {metric: None if None in column else sum(column) / len(column)  # None: PSNR, SSIM of 'hr'
                      for metric, column in columns.items()}
-            results[key][name] = {**means, 'n_images': len(per_image)}
-            csv_rows += [[key, name, os.path.basename(path)] + ['' if v[m] is None else v[m] for m in config.metrics]
-                         for path, v in zip(dataset.images, per_image)]
-            print(f"{row_name(key)} on {name} ({len(per_image)} images): "
-                  + ', '.join(f'{m.upper()} {v:.4f}' for m, v in means.items() if v is not None))
+            results[key][set_name] = {**means, 'n_images': len(per_image)}
+            if isinstance(model, AutoBlend):
+                results[key][set_name]['denoise'] = sum(chosen) / len(chosen)  # the mean value chosen
+            csv_rows += [[key, set_name, os.path.basename(path)] + ['' if v[m] is None else v[m] for m in config.metrics]
+                         + [value] for path, v, value in zip(dataset.images, per_image, chosen)]
+            print(f"{row_name(key)} on {set_name} ({len(per_image)} images): "
+                  + ', '.join(f'{m.upper()} {v:.4f}' for m, v in means.items() if v is not None)
+                  + (f", mean denoise {results[key][set_name]['denoise']:.3f}" if isinstance(model, AutoBlend) else ''))
         if real_paths and key != 'hr':  # no ground truth: the LR photos themselves have no HR row
-            scores = [utils.niqe(upscale_real_photo(model, path, s, device), crop_border=s)
-                      for path in tqdm(real_paths, desc=f'{row_name(key)} on {real_name}', unit='image', leave=False)]
+            scores, chosen = [], []
+            for path in tqdm(real_paths, desc=f'{row_name(key)} on {real_name}', unit='image', leave=False):
+                scores.append(utils.niqe(upscale_real_photo(model, path, s, device), crop_border=s))
+                chosen.append(model.denoise if isinstance(model, AutoBlend) else '')
             results[key][real_name] = {'niqe': sum(scores) / len(scores), 'n_images': len(scores)}
             csv_rows += [[key, real_name, os.path.basename(path)] + [score if m == 'niqe' else '' for m in config.metrics]
-                         for path, score in zip(real_paths, scores)]
+                         + [value] for path, score, value in zip(real_paths, scores, chosen)]
             print(f"{row_name(key)} on {real_name} ({len(scores)} photos): NIQE {results[key][real_name]['niqe']:.4f}")
 
     if config.test_data_names:
-        protocol = "bicubic LR images" if config.degradation == 'bicubic' else \
-            "realistic LR images (degradations.degrade, keyed by file name; the paper's protocol is bicubic)"
+        protocol = {'bicubic': "bicubic LR images",
+                    'realistic': "realistic LR images (degradations.degrade, keyed by file name; the paper's "
+                                 "protocol is bicubic)",
+                    'ladder': "LR images at each level of the ladder (degradations.degrade_by, keyed by file "
+                              "name)"}[config.degradation]
         print(f"\nPSNR (dB) and SSIM on the Y channel; NIQE (lower is better) of the SR image alone; {protocol}."
               + (" The '(paper)' rows are Ledig et al. 2017, Tables 1 and 2" if config.degradation == 'bicubic' else '')
               + "\n")
-        print(markdown_table(results, config.test_data_names, config.metrics, config.degradation == 'bicubic'))
+        if config.degradation == 'ladder':
+            for name in config.test_data_names:
+                print(f"\n{name}, each image at every level of the ladder (degradations.LADDER_LEVELS)\n")
+                print(ladder_table(results, name, config.metrics))
+        else:
+            print(markdown_table(results, config.test_data_names, config.metrics, config.degradation == 'bicubic'))
     if real_paths:
         print(f"\nNIQE (lower is better) of the SR images of the real photos in {config.real_lr_folder}\n")
         print(markdown_table(results, [real_name], ['niqe'], paper_rows=False))
@@ -283,8 +367,9 @@ def main(argv):
         csv_file = os.path.splitext(config.results_file)[0] + '.csv'
         with utils.atomic_write(csv_file, 'w', newline='') as f:
             writer = csv.writer(f)
-            writer.writerow(['model', 'set', 'image'] + config.metrics)
-            writer.writerows(csv_rows)
+            auto = 'auto' in config.denoise  # the denoise value chosen for each image, in a last column
+            writer.writerow(['model', 'set', 'image'] + config.metrics + ['denoise'] * auto)
+            writer.writerows(row if auto else row[:-1] for row in csv_rows)
         print(f"\nResults saved to {config.results_file} and {csv_file}")
     return results
 

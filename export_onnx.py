@@ -4,6 +4,7 @@ or a browser (onnxruntime-web).
     python export_onnx.py                                                  # the shipped SRResNet -> srresnet_x4.onnx
     python export_onnx.py --checkpoint=checkpoints/srresnet_x4.pth --output=srresnet_x4.onnx
     python export_onnx.py --checkpoint=checkpoints/srgan_mse_x4.pth      # its generator -> srgan_mse_x4.onnx
+    python export_onnx.py --denoise=0.5 --texture=0.3     # a blend of the shipped models -> srresnet_d0.5_t0.3_x4.onnx
 
 The file keeps the contract other super-resolution tools expect, so that it runs without this
 project's code: one input 'lr', float32 RGB in [0, 1], NCHW, and one output 'sr', float32 RGB in
@@ -46,8 +47,14 @@ from super_resolve import model_label, prepare_for_inference, scaling_factor_of
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
-checkpoint: str = 'checkpoints/srresnet_x4.pth'  # an SRResNet or SRGAN checkpoint (SRGAN: its generator)
-output: str = ''  # the ONNX file ('' = the checkpoint's name with .onnx, in the current folder)
+checkpoint: str = ''  # an SRResNet or SRGAN checkpoint, exported as it is ('' = the blend of the corners below)
+denoise: float = 0.  # the blend's denoise value in [0, 1], as in super_resolve.py (a fixed value: a file has one)
+texture: float = 0.  # the blend's texture value in [0, 1]
+srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # the blend's corners (runtime.Blend): denoise 0, texture 0
+srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # denoise 1, texture 0
+srgan_checkpoint: str = 'checkpoints/srgan_mse_x4.pth'  # denoise 0, texture 1
+srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # denoise 1, texture 1
+output: str = ''  # the ONNX file ('' = the checkpoint's name (a blend's corner, or srresnet_d<d>_t<t>_x4) with .onnx)
 # Export
 opset: int = 18  # ONNX opset: the lowest torch.onnx writes without converting (onnxruntime 1.14 and newer)
 check_sizes: list = [[64, 48], [37, 23]]  # [width, height] LR inputs the file is checked at, at batch 2
@@ -122,11 +129,30 @@ def main(argv):
     runtime.require(config.check_sizes and all(isinstance(size, list) and len(size) == 2 and min(size) >= 1
                                                for size in config.check_sizes),
                     f"check_sizes must be a list of [width, height] pairs, got {config.check_sizes}")
-    output_path = config.output or os.path.splitext(os.path.basename(config.checkpoint))[0] + '.onnx'
-    plain, state = runtime.load_sr_model(config.checkpoint, 'cpu')  # the generator of an SRGAN checkpoint
-    kind = model_label(state, config.checkpoint)
+    denoise, texture = runtime.check_blend_value('denoise', config.denoise), runtime.check_blend_value('texture', config.texture)
+    runtime.require(not config.checkpoint or denoise == texture == 0,
+                    "denoise and texture blend the four corner checkpoints; --checkpoint exports one model as it "
+                    "is: leave one of them out")
+    if config.checkpoint:
+        plain, state = runtime.load_sr_model(config.checkpoint, 'cpu')  # the generator of an SRGAN checkpoint
+        source, kind = config.checkpoint, model_label(state, config.checkpoint)
+    else:
+        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
+                   config.srgan_real_checkpoint]
+        weights = runtime.corner_weights(denoise, texture)
+        blend = runtime.Blend(corners, needed=[weight > 0 for weight in weights])
+        plain = blend.model(denoise, texture)
+        if max(weights) == 1:  # a corner: its own file, exactly
+            corner = weights.index(1)
+            source, state = corners[corner], blend.checkpoints[corner]
+            kind = model_label(state, source)
+        else:
+            source, state = ' + '.join(path for path, weight in zip(corners, weights) if weight > 0), {}
+            kind = runtime.blend_label(denoise, texture)
+    stem = os.path.splitext(os.path.basename(source))[0] if state else f'srresnet_d{denoise:g}_t{texture:g}_x{scaling_factor_of(plain)}'
+    output_path = config.output or stem + '.onnx'
     s = scaling_factor_of(plain)
-    print(f"Model: {kind} x{s}, {config.checkpoint} (iteration {state.get('iteration', '?')})")
+    print(f"Model: {kind} x{s}, {source} (iteration {state.get('iteration', '?')})")
 
     fast = freeze_shuffled_convolutions(prepare_for_inference(copy.deepcopy(plain), channels_last=False))
     proto = export_model(fast, config.opset)
@@ -138,7 +164,7 @@ def main(argv):
     # on), but the graph needs only its opset's own: IR 8 for opset 18, which onnxruntime reads from 1.14.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import))
     onnx.checker.check_model(proto, full_check=True)
-    proto.doc_string = (f"{kind} x{s} from {os.path.basename(config.checkpoint)}: input 'lr' float32 RGB in [0, 1], "
+    proto.doc_string = (f"{kind} x{s} from {source}: input 'lr' float32 RGB in [0, 1], "
                         f"NCHW, any size; output 'sr' float32 RGB in [0, 1], {s}x the height and width")
     onnx.helper.set_model_props(proto, {'scaling_factor': str(s), 'input_range': '[0, 1]', 'channel_order': 'RGB'})
     model_bytes = proto.SerializeToString()

@@ -3,6 +3,7 @@
     SRResNet / Generator  LR image (ImageNet-normed) -> SR image in [-1, 1], `scaling_factor` x larger
     Discriminator         HR or SR image (ImageNet-normed) -> one logit per image ("is it natural?")
     TruncatedVGG19        image (ImageNet-normed) -> VGG19 feature map phi_{i,j}, for the content loss
+    DamageNet             LR image in [0, 1] + its JPEG coarseness -> one logit per level of damage
 
 Importing this module builds nothing, loads nothing and touches no device.
 """
@@ -115,6 +116,38 @@ class SRResNet(nn.Module):
 class Generator(SRResNet):
     """The SRGAN generator. It is an SRResNet, so a trained SRResNet's state_dict loads into it
     as it is, which gives adversarial training a good start."""
+
+
+class DamageNet(nn.Module):
+    """A small classifier of how damaged an LR image is: one logit per level of damage (clean,
+    light, medium, heavy, JPEG-only: degradations.LADDER_LEVELS), so that super_resolve.py can
+    choose how far to blend toward the real-photo models (denoise='auto').
+
+    Noise, JPEG blocks and blur live in the finest pixels, so the first convolutions keep the full
+    resolution; the features are then averaged over the whole image (any size works). The JPEG
+    coarseness (degradations.jpeg_scale_of_pixels, or a JPEG file's own table) joins them before
+    the last layer: the 8x8 grid of a JPEG is a fact the pixels show only faintly to small kernels.
+
+    Input: (N, 3, h, w) in [0, 1] and (N,) JPEG scales. Output: (N, n_levels) logits.
+    """
+
+    def __init__(self, n_levels=5, n_channels=32):
+        super().__init__()
+        c = n_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(4 * c + 1, n_levels)
+
+    def forward(self, lr_imgs, jpeg_scales):
+        """(N, 3, h, w) in [0, 1], (N,) -> (N, n_levels) logits."""
+        features = self.features(lr_imgs - 0.5)  # (N, 2c, h / 4, w / 4)
+        pooled = torch.cat([features.mean((2, 3)), features.std((2, 3)),  # (N, 2c) each: how much, how uneven
+                            jpeg_scales.view(-1, 1).to(features.dtype)], dim=1)  # (N, 4c + 1)
+        return self.classifier(pooled)  # (N, n_levels)
 
 
 class Discriminator(nn.Module):

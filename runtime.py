@@ -371,6 +371,101 @@ def load_sr_model(path, device='cpu', kind=''):
     return model.to(device).eval(), checkpoint
 
 
+# ----------------------------------------------------------------------------------------------
+# Network interpolation (Wang et al., ESRGAN, 2018, section 3.4): models fine-tuned from one
+# ancestor can be mixed weight by weight, and the mix behaves in between. Four corners, bilinear:
+#   (denoise, texture) = (0, 0) the SRResNet, (1, 0) the real-photo SRResNet,
+#                        (0, 1) the SRGAN, (1, 1) the real-photo SRGAN.
+# ----------------------------------------------------------------------------------------------
+CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (denoise, texture) of each corner, in the order of the paths
+
+
+def corner_weights(denoise, texture):
+    """The bilinear weights of the four CORNERS at (denoise, texture), each in [0, 1]; they sum to 1."""
+    return tuple((denoise if d else 1 - denoise) * (texture if t else 1 - texture) for d, t in CORNERS)
+
+
+def check_blend_value(name, value):
+    """A blend coordinate as a float in [0, 1], or a ConfigError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+class Blend:
+    """The corner checkpoints of a blend, read and checked once; model(denoise, texture) mixes them.
+
+    Args:
+        paths: the four corner files, in the order of CORNERS.
+        needed: which of them to read (a run with texture 0 never needs the SRGANs).
+    Each file is checked as load_sr_model checks one (a ValueError naming it if it is not a
+    generator of this project), and corners whose model_args differ are refused, naming the
+    file: their weights cannot be mixed.
+    """
+
+    def __init__(self, paths, needed=(True, True, True, True)):
+        import inspect
+        from models import SRResNet
+        defaults = {name: parameter.default for name, parameter in inspect.signature(SRResNet).parameters.items()}
+        self.paths, self.states, self.checkpoints, self.args = list(paths), [None] * len(CORNERS), [None] * len(CORNERS), None
+        for i, (path, wanted) in enumerate(zip(paths, needed)):
+            if not wanted:
+                continue
+            model, checkpoint = load_sr_model(path, 'cpu')
+            args = {**defaults, **checkpoint['model_args']}  # load_sr_model checked them against the weights
+            if self.args is not None and args != self.args:
+                first = next(p for p, state in zip(paths, self.states) if state is not None)
+                raise ValueError(f"{path}: model_args {args} differ from {first}'s {self.args}: only models of "
+                                 f"one shape, fine-tuned from one ancestor, can be blended")
+            self.args, self.states[i], self.checkpoints[i] = args, model.state_dict(), checkpoint  # float32 states
+
+    def model(self, denoise, texture, device='cpu'):
+        """An SRResNet whose every parameter and BatchNorm statistic is the bilinear blend of the
+        corners at (denoise, texture), in float32, in eval mode on `device`. Corners of weight 0
+        are left out of the sum, so each corner point reproduces its own file exactly."""
+        from models import SRResNet
+        terms = [(weight, state) for weight, state in zip(corner_weights(denoise, texture), self.states) if weight > 0]
+        missing = [path for (weight, state), path in zip(zip(corner_weights(denoise, texture), self.states), self.paths)
+                   if weight > 0 and state is None]
+        if missing:
+            raise ValueError(f"the blend at denoise={denoise:g}, texture={texture:g} needs {missing}, not loaded")
+        blended = {}
+        for name, tensor in terms[0][1].items():
+            if len(terms) == 1 or not tensor.is_floating_point():  # num_batches_tracked: a count, unused in eval
+                blended[name] = tensor.clone()
+            else:
+                blended[name] = sum(weight * state[name] for weight, state in terms)  # float32
+        model = SRResNet(**self.args)
+        model.load_state_dict(blended)
+        return model.to(device).eval()
+
+
+def blend_label(denoise, texture):
+    """What a blend is called in tables and prints: 'SRResNet d0.5 t0.3', or 'SRResNet auto t0'
+    when the denoise value is read from each input."""
+    return f"SRResNet {'auto' if denoise == 'auto' else f'd{denoise:g}'} t{texture:g}"
+
+
+def load_damage_model(path):
+    """The damage classifier of denoise='auto' (fit_denoise.py's file), in eval mode on the CPU,
+    and each level's denoise value. A file that is not one, or whose levels are not
+    degradations.LADDER_LEVELS, is a ValueError naming it."""
+    from models import DamageNet
+    state = load_checkpoint(path, 'cpu', ('model', 'model_args', 'levels', 'level_denoise'),
+                            kind='damage classifier (fit_denoise.py)')
+    if list(state['levels']) != list(degradations.LADDER_LEVELS) or len(state['level_denoise']) != len(state['levels']) \
+            or not all(isinstance(value, float) and 0 <= value <= 1 for value in state['level_denoise']):
+        raise ValueError(f"{path}: its levels {state['levels']} and values {state['level_denoise']} are not one "
+                         f"value in [0, 1] for each of {list(degradations.LADDER_LEVELS)}")
+    try:
+        model = DamageNet(**state['model_args'])
+        model.load_state_dict(state['model'])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: the weights do not fit DamageNet({state['model_args']}): "
+                         f"{' '.join(str(error).split())[:300]}") from None
+    return model.eval(), list(state['level_denoise'])
+
+
 def load_training_checkpoint(path, required_keys, kind, model_args):
     """Load a checkpoint to resume, checking it has every key resumption needs and the model
     shape this run asks for (clear errors naming the file)."""

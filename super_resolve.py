@@ -77,6 +77,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+import degradations
 import runtime
 import utils
 import video
@@ -87,16 +88,25 @@ from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
 input_path: str = 'examples/chelsea.png'  # an image or video file, or a folder of them
 output_folder: str = 'outputs'  # outputs go here: <name>_x4.png (upscale) or <name>_compare.png, <name>_x4.mp4
 mode: str = 'upscale'  # 'upscale': each image x4; 'compare': downscale, restore, compare in a grid;
-#                        'compare_real': a real LR photo x4 by bicubic and each model, side by side
+#                        'compare_real': a real LR photo x4 by bicubic and each model, side by side;
+#                        'sweep': a real LR photo x4 by bicubic and the blend at each of sweep_values
+sweep: str = 'denoise'  # sweep: the value that changes, 'denoise' or 'texture' (the other keeps its setting)
+sweep_values: list = [0., 0.25, 0.5, 0.75, 1.]  # sweep: the values shown, each in [0, 1]
 halve: bool = False  # compare: halve the image first, so a big grid can be seen at 1:1 on a screen
 # Model
-model: str = 'srresnet'  # upscale: what `checkpoint` holds, 'srresnet' or 'srgan'
+denoise: str = 'auto'  # 0 to 1: from the SRResNet (0) toward the real-photo models (1); 'auto': read from each input
+texture: float = 0.  # 0 to 1: from the SRResNets (0) toward the SRGANs' sharper, invented texture (1)
+model: str = 'srresnet'  # what --checkpoint holds, 'srresnet' or 'srgan'
 tile_size: int = 384  # side of the tiles the model runs on, in LR pixels (0 = whole image at once)
 tile_overlap: int = 16  # LR pixels of context read around each tile, then cut off (hides the seams)
-# Checkpoints
-checkpoint: str = 'checkpoints/srresnet_x4.pth'  # the SRResNet (the SRGAN with --model=srgan)
-srgan_checkpoint: str = ''  # compare: the SRGAN of the grid's third panel ('' = leave it out)
-second_checkpoint: str = ''  # compare_real: a second model beside --checkpoint's (e.g. the real-photo SRResNet)
+# Checkpoints: the blend's four corners, models fine-tuned from one SRResNet (runtime.Blend)
+srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # denoise 0, texture 0 (compare: the SRResNet panel)
+srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # denoise 1, texture 0
+srgan_checkpoint: str = 'checkpoints/srgan_mse_x4.pth'  # denoise 0, texture 1 (compare: the SRGAN panel; '' = none)
+srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # denoise 1, texture 1
+damage_checkpoint: str = 'checkpoints/damage_x4.pth'  # denoise 'auto': the damage classifier (fit_denoise.py)
+checkpoint: str = ''  # one model file run as it is, instead of the blend (the SRGAN's with --model=srgan)
+second_checkpoint: str = ''  # compare_real: a second model beside the first (e.g. the real-photo SRResNet)
 # Video
 video_crf: int = 18  # H.264 quality (x264's CRF): 0 lossless, 18 visually near-lossless, 23 x264's default, 51 worst
 video_batch: int = 0  # frames per model call (0 = 8 on a GPU, 1 elsewhere)
@@ -107,13 +117,14 @@ channels_last: bool = True  # NHWC memory format: faster convolutions on recent 
 max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
 
+AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
 # pixel (the float32 SR tensor is 12, the 8-bit image 3, the rest conversions and the PNG encoder),
 # plus about 1.3 GB for PyTorch, the model and one default tile's activations.
 BYTES_PER_OUTPUT_PIXEL = 22
 FIXED_BYTES = 1.3e9
 # What this script names its outputs (see the docstring): never read back as inputs.
-EARLIER_OUTPUT = re.compile(r'_(x[248]|compare)(_\d+)?\.(png|'
+EARLIER_OUTPUT = re.compile(r'_(x[248]|compare|sweep)(_\d+)?\.(png|'
                             + '|'.join(ext[1:] for ext in video.VIDEO_CONTAINERS) + ')$')
 
 
@@ -168,9 +179,63 @@ def model_label(checkpoint, path=''):
     with '-real' when it was trained on realistic degradations (degradation='realistic')."""
     name = srgan_label(checkpoint) if runtime.weights_key(checkpoint) == 'generator' else 'SRResNet'
     try:
-        return name + ('-real' if runtime.degradation_of(checkpoint) == 'realistic' else '')
+        return name + ('-real' if runtime.degradation_of(checkpoint) != 'bicubic' else '')
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+class BlendedModels:
+    """The models of a run from the blend's corners: the blend at each (denoise, texture) asked
+    for, made fast for inference once (auto_denoise rounds to steps of 0.05, so a folder of
+    photos needs a few). Blending costs milliseconds once, and nothing per image."""
+
+    def __init__(self, blend, device, channels_last, dtype):
+        self.blend, self.device, self.channels_last, self.dtype = blend, device, channels_last, dtype
+        self.models = {}
+
+    def __call__(self, denoise, texture):
+        """The fast model of the blend at (denoise, texture)."""
+        if (denoise, texture) not in self.models:
+            plain = self.blend.model(denoise, texture, self.device)  # float32, BatchNorm statistics blended too
+            self.models[denoise, texture] = prepare_for_inference(plain, self.channels_last, self.dtype)
+        return self.models[denoise, texture]
+
+
+def parse_denoise(value):
+    """--denoise as 'auto' or a float in [0, 1] (a ConfigError naming the option otherwise)."""
+    if value == 'auto':
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise runtime.ConfigError(f"denoise must be 'auto' or a number in [0, 1], got {value!r}") from None
+    return runtime.check_blend_value('denoise', number)
+
+
+def choose_denoise(classifier, level_denoise, rgb_frames, jpeg_table=None):
+    """The denoise value denoise='auto' gives an image, or one value for a video's first frames
+    (the value of their mean reading, so that a video's blend never changes from frame to frame).
+
+    Args:
+        classifier, level_denoise: from runtime.load_damage_model.
+        rgb_frames: a PIL image, or (N, h, w, 3) uint8 RGB arrays.
+        jpeg_table: the JPEG file's luminance quantisation table (read_input), or None.
+    Returns (value, the classifier's mean probability of each level of degradations.LADDER_LEVELS).
+    """
+    frames = [utils.to_rgb(rgb_frames)[0]] if isinstance(rgb_frames, Image.Image) else list(rgb_frames)
+    probabilities = sum(degradations.damage_levels(classifier, utils.convert_image(
+        frame if isinstance(frame, Image.Image) else Image.fromarray(frame), source='pil', target='[0, 1]'),
+        jpeg_table) for frame in frames) / len(frames)  # (levels,)
+    return degradations.auto_denoise(probabilities, level_denoise), probabilities
+
+
+def report_auto(path, value, probabilities):
+    """Print the denoise value denoise='auto' chose for an input, and how the classifier read it;
+    return the value."""
+    reading = sorted(zip(probabilities.tolist(), degradations.LADDER_LEVELS), reverse=True)
+    words = ', '.join(f"{p:.0%} {level}" for p, level in reading if p >= 0.05)
+    tqdm.write(f"{os.path.basename(path)}: denoise {value:g} (auto: it reads as {words})")
+    return value
 
 
 def scaling_factor_of(model):
@@ -415,7 +480,8 @@ def size_problem(width, height, mode, halve, s, max_megapixels, panels=3):
 def read_input(path, mode, halve, s, max_megapixels, panels=3):
     """Open one input, check from its header alone that its output can be made, then decode it.
 
-    Returns the PIL image with its EXIF orientation applied. Raises BadImage for an image that
+    Returns the PIL image with its EXIF orientation applied, and the luminance quantisation table
+    of a JPEG file (64 steps, for denoise='auto'), else None. Raises BadImage for an image that
     cannot be used (unreadable, truncated, too small, too large), and NotAnImage for a file that
     Pillow cannot read and whose name is not an image's.
     """
@@ -432,8 +498,10 @@ def read_input(path, mode, halve, s, max_megapixels, panels=3):
         problem = size_problem(img.width, img.height, mode, halve, s, max_megapixels, panels)
         if problem:
             raise BadImage(f"{path}: {problem}")
+        tables = getattr(img, 'quantization', None)  # a JPEG's, from its header; the upright copy has none
         try:
-            return ImageOps.exif_transpose(img)  # decoded now (a truncated file fails here), turned upright
+            upright = ImageOps.exif_transpose(img)  # decoded now (a truncated file fails here), turned upright
+            return upright, list(tables[0]) if tables and 0 in tables and len(tables[0]) == 64 else None
         except Exception as error:
             raise unreadable(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
 
@@ -536,8 +604,8 @@ def main(argv):
     input failed.
     """
     config = runtime.parse_config(globals(), argv)
-    runtime.require(config.mode in ('upscale', 'compare', 'compare_real'),
-                    f"mode must be 'upscale', 'compare' or 'compare_real', got {config.mode!r}")
+    runtime.require(config.mode in ('upscale', 'compare', 'compare_real', 'sweep'),
+                    f"mode must be 'upscale', 'compare', 'compare_real' or 'sweep', got {config.mode!r}")
     runtime.require(config.model in ('srresnet', 'srgan'), f"model must be 'srresnet' or 'srgan', got {config.model!r}")
     runtime.require(config.mode == 'upscale' or config.model == 'srresnet',
                     "mode 'compare' takes the SRResNet from --checkpoint and the SRGAN from --srgan_checkpoint; "
@@ -548,6 +616,18 @@ def main(argv):
     runtime.require(0 <= config.video_crf <= 51, f"video_crf must be in 0..51 (x264's scale), got {config.video_crf}")
     runtime.require(config.video_batch >= 0, f"video_batch must be >= 0 (0 = automatic), got {config.video_batch}")
     runtime.inference_dtype(torch.device('cpu'), config.precision)  # checks the name before anything is written
+    denoise, texture = parse_denoise(config.denoise), runtime.check_blend_value('texture', config.texture)
+    blending = config.mode in ('upscale', 'sweep') and not config.checkpoint  # else one model, as it is
+    runtime.require((denoise == 'auto' and texture == 0) or blending,
+                    "denoise and texture blend the four corner checkpoints in modes 'upscale' and 'sweep'; "
+                    "--checkpoint runs one model as it is, and the compare modes take their models as they are: "
+                    "leave them out")
+    runtime.require(config.mode != 'sweep' or not config.checkpoint, "mode 'sweep' blends the corner checkpoints: "
+                                                                     "leave out --checkpoint")
+    runtime.require(config.sweep in ('denoise', 'texture'), f"sweep must be 'denoise' or 'texture', got {config.sweep!r}")
+    sweep_values = [runtime.check_blend_value('sweep_values', value) for value in config.sweep_values] \
+        if config.mode == 'sweep' else []
+    runtime.require(config.mode != 'sweep' or sweep_values, "sweep_values is empty: nothing to show")
     if not os.path.exists(config.input_path):
         raise FileNotFoundError(f"input not found: {config.input_path!r}")
     check_writable(config.output_folder)
@@ -557,14 +637,39 @@ def main(argv):
     video_batch = config.video_batch or (8 if device.type == 'cuda' else 1)
     print(f"Device: {device}, precision {next(name for name, d in runtime.PRECISIONS.items() if d == dtype)}")
 
-    try:
-        sr_model, sr_checkpoint = runtime.load_sr_model(config.checkpoint, device, kind=config.model)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error}. {runtime.train_hint(config.model)} and pass the checkpoint it writes "
-                                f"with --checkpoint=PATH (the README says where the repository's trained SRResNet "
-                                f"comes from).") from None
-    sr_model = prepare_for_inference(sr_model, config.channels_last, dtype)
-    model_name = model_label(sr_checkpoint, config.checkpoint)
+    first_path = config.checkpoint or config.srresnet_checkpoint  # the model of a run without a blend
+    blended, damage = None, None
+    if blending:
+        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
+                   config.srgan_real_checkpoint]
+        # Only the corners the blend can weigh are read: a run with texture 0 needs no SRGAN file.
+        denoise_range = (0., 1.) if denoise == 'auto' else (denoise,)
+        denoise_range = sweep_values if config.sweep == 'denoise' and sweep_values else denoise_range
+        texture_range = sweep_values if config.sweep == 'texture' and sweep_values else (texture,)
+        reachable = [any(runtime.corner_weights(d, t)[i] > 0 for d in denoise_range for t in texture_range)
+                     for i in range(4)]
+        try:
+            blend = runtime.Blend(corners, needed=reachable)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}: the blend's corners are --srresnet_checkpoint, "
+                                    f"--srresnet_real_checkpoint, --srgan_checkpoint and --srgan_real_checkpoint "
+                                    f"(or pass one model file with --checkpoint=PATH)") from None
+        blended = BlendedModels(blend, device, config.channels_last, dtype)
+        auto = denoise == 'auto' and not (config.mode == 'sweep' and config.sweep == 'denoise')  # read per input
+        damage = runtime.load_damage_model(config.damage_checkpoint) if auto else None
+        sr_model = blended(denoise_range[0], texture_range[0])  # the first blend, also made to check it builds
+        model_name = runtime.blend_label(denoise, texture) if config.mode == 'upscale' else \
+            f"SRResNet {config.sweep} {', '.join(f'{value:g}' for value in sweep_values)}"
+        print(f"Model: {model_name}, blended from {', '.join(path for path, used in zip(corners, reachable) if used)}")
+    else:
+        try:
+            sr_model, sr_checkpoint = runtime.load_sr_model(first_path, device, kind=config.model)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}. {runtime.train_hint(config.model)} and pass the checkpoint it "
+                                    f"writes with --checkpoint=PATH (the README says where the repository's "
+                                    f"trained SRResNet comes from).") from None
+        sr_model = prepare_for_inference(sr_model, config.channels_last, dtype)
+        model_name = model_label(sr_checkpoint, first_path)
     srgan, srgan_name = None, 'SRGAN'
     if config.mode == 'compare' and config.srgan_checkpoint:
         srgan, srgan_checkpoint = runtime.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
@@ -575,11 +680,12 @@ def main(argv):
         second, second_checkpoint = runtime.load_sr_model(config.second_checkpoint, device)
         runtime.require(scaling_factor_of(second) == scaling_factor_of(sr_model),
                         f"--second_checkpoint={config.second_checkpoint} is x{scaling_factor_of(second)}, "
-                        f"--checkpoint's x{scaling_factor_of(sr_model)}: a grid compares one scaling factor")
+                        f"{first_path} x{scaling_factor_of(sr_model)}: a grid compares one scaling factor")
         real_models.append((model_label(second_checkpoint, config.second_checkpoint),
                             prepare_for_inference(second, config.channels_last, dtype)))
-    print(f"Model: {model_name}, {config.checkpoint}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else '')
-          + (f"; {real_models[1][0]}, {config.second_checkpoint}" if len(real_models) > 1 else ''))
+    if blended is None:
+        print(f"Model: {model_name}, {first_path}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else '')
+              + (f"; {real_models[1][0]}, {config.second_checkpoint}" if len(real_models) > 1 else ''))
     if config.mode == 'compare' and srgan is None:
         print("No --srgan_checkpoint given: the grid's SRGAN panel holds a note instead")
 
@@ -588,7 +694,7 @@ def main(argv):
         print(f"Not reading {len(earlier_outputs)} file(s) named like this script's outputs as inputs: "
               f"{', '.join(os.path.basename(path) for path in earlier_outputs)}")
     s = scaling_factor_of(sr_model)
-    suffix = f'x{s}' if config.mode == 'upscale' else 'compare'
+    suffix = {'upscale': f'x{s}', 'sweep': 'sweep'}.get(config.mode, 'compare')
     names = output_names(paths, suffix)
     for path in paths:
         if names[path] != plain_output_name(path, suffix):
@@ -603,10 +709,13 @@ def main(argv):
                 tqdm.write(f"Skipping {path}: a video (mode {config.mode!r} takes images)")
                 not_images.append(path)
                 continue
-            out_path = _free_path(planned_path)  # chosen before the first frame: writing takes a while
-            started = time.perf_counter()
             try:
-                result = upscale_video(sr_model, path, out_path, device, config.tile_size, config.tile_overlap,
+                model = sr_model if blended is None else blended(
+                    denoise if denoise != 'auto' else report_auto(path, *choose_denoise(
+                        *damage, video.first_frames(path, AUTO_VIDEO_FRAMES))), texture)  # one value: no flicker
+                out_path = _free_path(planned_path)  # chosen before the first frame: writing takes a while
+                started = time.perf_counter()
+                result = upscale_video(model, path, out_path, device, config.tile_size, config.tile_overlap,
                                        config.video_crf, video_batch, config.max_output_megapixels)
             except video.BadVideo as error:
                 tqdm.write(f"Failed: {error}")
@@ -619,7 +728,8 @@ def main(argv):
             written.append(out_path)
             continue
         try:
-            img = read_input(path, config.mode, config.halve, s, config.max_output_megapixels, 1 + len(real_models))
+            img, jpeg_table = read_input(path, 'compare_real' if config.mode == 'sweep' else config.mode, config.halve,
+                                         s, config.max_output_megapixels, 1 + len(sweep_values or real_models))
         except NotAnImage as error:
             tqdm.write(f"Skipping {error}")
             not_images.append(path)
@@ -628,8 +738,14 @@ def main(argv):
             tqdm.write(f"Failed: {error}")
             failed.append(path)
             continue
+        image_denoise = report_auto(path, *choose_denoise(*damage, img, jpeg_table)) if damage else denoise
         if config.mode == 'upscale':
-            out_img = upscale_image(sr_model, img, device, config.tile_size, config.tile_overlap, progress=True)
+            model = sr_model if blended is None else blended(image_denoise, texture)
+            out_img = upscale_image(model, img, device, config.tile_size, config.tile_overlap, progress=True)
+        elif config.mode == 'sweep':
+            points = [(value, texture) if config.sweep == 'denoise' else (image_denoise, value) for value in sweep_values]
+            out_img = visualize_real(img, [(runtime.blend_label(*point), blended(*point)) for point in points],
+                                     config.tile_size, config.tile_overlap)
         elif config.mode == 'compare_real':
             out_img = visualize_real(img, real_models, config.tile_size, config.tile_overlap)
         else:

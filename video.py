@@ -90,6 +90,22 @@ def open_video(path):
                           expected_frames)
 
 
+def first_frames(path, count):
+    """A video's first `count` frames (fewer if it is shorter) as (N, h, w, 3) uint8 RGB arrays, read
+    on their own before the video is upscaled (super_resolve.py reads its damage from them).
+    Raises BadVideo as open_video does, or when no frame can be decoded."""
+    frames = []
+    with open_video(path) as source:
+        for packet in _read(source.container.demux(source.video), path):
+            for frame in _read(packet.decode(), path):
+                frames.append(frame.to_ndarray(format='rgb24'))  # (h, w, 3), with the frame's own matrix and range
+                if len(frames) == count:
+                    return np.stack(frames)
+    if not frames:
+        raise BadVideo(f"{path}: no frame could be decoded")
+    return np.stack(frames)  # (N, h, w, 3)
+
+
 def _add_audio_stream(sink, audio_in):
     """The output stream for an input audio stream, and whether its packets are copied: as they are
     where the output's container takes the codec, else decoded and re-encoded as AAC."""

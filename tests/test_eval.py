@@ -206,7 +206,7 @@ def test_clear_errors(data_folder, tmp_path):
     fails(r'srresnet.pth is not an? SRGAN checkpoint.*train_srgan.py', ['srgan'], srgan_checkpoint=srresnet_path)
     fails(r'srgan.pth is not an? SRResNet checkpoint.*train_srresnet.py', ['srresnet'], srresnet_checkpoint=srgan_path)
     fails(r'x.pth is not an? SRResNet checkpoint', ['srresnet'], srresnet_checkpoint=other_path)
-    fails(r"not found: ''.*--srgan_checkpoint=PATH", ['bicubic', 'srgan'])  # models has 'srgan', no checkpoint given
+    fails(r"not found: ''.*--srgan_checkpoint=PATH", ['bicubic', 'srgan'], srgan_checkpoint='')  # models has 'srgan', no checkpoint
     fails(r'models must be', ['bicubic', 'esrgan'])
     fails(r'metrics must be', ['bicubic'], metrics=['psnr', 'lpips'])
     # Too small for a metric: named before any model runs (the SRResNet here is never built).

@@ -129,7 +129,7 @@ def test_tiles_without_overlap_show_seams(model):
 def test_default_overlap_hides_the_seams_of_the_trained_network():
     """The tiny model's receptive field fits inside the overlap; the trained 16-block SRResNet's
     (about 40 LR px) does not, so hold the default overlap against the shipped weights."""
-    model = super_resolve.load_inference_model(os.path.join(REPO, super_resolve.checkpoint), CPU)
+    model = super_resolve.load_inference_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
     with Image.open(os.path.join(REPO, super_resolve.input_path)) as img:
         img = img.convert('RGB').crop((56, 24, 136, 72))  # 80 x 48, the cat's face: two tiles of 40 x 48
     whole = np.asarray(upscale(model, img), dtype=int)
@@ -673,7 +673,7 @@ def test_half_precision_on_the_cpu_stays_within_the_documented_difference(precis
     lr_pil, hr_pil = (utils.convert_image(x, source='[0, 1]', target='pil') for x in (lr_img, hr_img))
     outputs, psnrs = {}, {}
     for name in ('fp32', precision):
-        model = super_resolve.load_inference_model(os.path.join(REPO, super_resolve.checkpoint), CPU,
+        model = super_resolve.load_inference_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU,
                                                    dtype=runtime.inference_dtype(CPU, name))
         assert {parameter.dtype for parameter in model.parameters()} == {runtime.PRECISIONS[name]}
         sr_pil = upscale(model, lr_pil, tile_size=super_resolve.tile_size, tile_overlap=super_resolve.tile_overlap)
