@@ -516,9 +516,14 @@ def damage_levels(model, img, jpeg_table=None):
     return torch.softmax(model(crops, scales), dim=1).mean(0)  # (levels,)
 
 
-def auto_denoise(probabilities, level_denoise):
+def auto_denoise(probabilities, damage_map):
     """The denoise value of an image the classifier read as `probabilities`: the mean of each
-    level's denoise value (fitted on the validation images: fit_denoise.py), weighted by its
-    probability, rounded to steps of 0.05 (so a folder of photos needs few distinct blends)."""
-    value = float(sum(p * d for p, d in zip(probabilities.tolist(), level_denoise)))
+    level's denoise value, weighted by its probability raised to a power (above 1, the likeliest
+    level counts more: a clean photo half-read as damaged should stay near 0), rounded to steps of
+    0.05 (so a folder of photos needs few distinct blends).
+
+    damage_map: {'level_denoise': a value in [0, 1] per level, 'power': the power}, both fitted
+    on the validation images (fit_denoise.py)."""
+    weights = probabilities.double() ** damage_map['power']  # (levels,)
+    value = float((weights / weights.sum()) @ torch.tensor(damage_map['level_denoise'], dtype=torch.float64))
     return round(min(1., max(0., value)) * 20) / 20

@@ -153,12 +153,12 @@ class AutoBlend:
 
     def __init__(self, blend, texture, device, dtype, damage_checkpoint):
         self.blend, self.texture, self.device, self.dtype, self.models = blend, texture, device, dtype, {}
-        self.classifier, self.level_denoise = runtime.load_damage_model(damage_checkpoint)
+        self.classifier, self.damage_map = runtime.load_damage_model(damage_checkpoint)
         self.denoise = None  # the value of the last image
 
     def __call__(self, lr_img):
         """The model for one (3, h, w) LR image in [0, 1]; sets self.denoise."""
-        self.denoise = auto_denoise(damage_levels(self.classifier, lr_img), self.level_denoise)
+        self.denoise = auto_denoise(damage_levels(self.classifier, lr_img), self.damage_map)
         if self.denoise not in self.models:
             self.models[self.denoise] = ready(self.blend.model(self.denoise, self.texture, self.device), self.dtype)
         return self.models[self.denoise]

@@ -1,16 +1,17 @@
-"""Step 6 (optional): fit what super_resolve.py's denoise='auto' reads each photo with.
+"""After the real-photo models: fit what super_resolve.py's denoise='auto' reads each photo with.
 
-    python fit_denoise.py                                  # both steps (about 20 min on a 2-core CPU)
-    python fit_denoise.py --classifier=runs/fit_denoise/damage_x4.pth   # the second step only
+    python fit_denoise.py                                  # both steps (about 25 min on one core)
+    python fit_denoise.py --classifier=runs/fit_denoise/classifier.pth  # the second step only
 
 1. A small classifier (models.DamageNet) learns to tell the levels of the ladder apart (clean,
    light, medium, heavy, JPEG-only: degradations.LADDER_LEVELS) from LR crops of the training
    images, each degraded by degradation='ladder', which draws the level.
 2. On the validation images (held out of the training folders, never a test set) at every level,
    eval.py measures the PSNR of the blend of the SRResNet and the real-photo SRResNet at denoise
-   0, 0.1, ..., 1. Each level then gets its own denoise value, chosen so that the classifier's
-   mix of them (the values weighted by its probabilities for each image) gives the highest mean
-   PSNR over all those images (Nelder-Mead, from each level's best fixed value).
+   0, 0.1, ..., 1. Each level then gets its own denoise value, and the map one power, chosen so
+   that the classifier's mix of the values (weighted by its probabilities raised to the power,
+   degradations.auto_denoise) gives the highest mean PSNR over all those images (Nelder-Mead,
+   from each level's best fixed value and a power of 1).
 
 Writes `output` (the classifier's weights, its levels and their denoise values) and a JSON
 report beside it: per level, auto against the best fixed value and each image's own best.
@@ -38,9 +39,10 @@ data_folder: str = 'data'  # train_images.json and val_images.json (create_data_
 crop_size: int = 256  # HR crop side in px for the classifier's training (64 px LR crops at x4)
 val_data_name: str = 'val'  # the images the levels' values are fitted on: never a test set you report
 grid: list = [round(0.1 * i, 1) for i in range(11)]  # the denoise values measured
+grid_file: str = ''  # step 2's val_grid.csv of these checkpoints, to reuse ('' = measure it, into out_dir)
 # Model
 n_channels: int = 32  # the classifier's first feature channels
-classifier: str = ''  # a trained classifier to reuse ('' = train one: step 1)
+classifier: str = ''  # step 1's classifier.pth, to reuse ('' = train one, into out_dir)
 # Learning
 iterations: int = 3000  # classifier updates
 batch_size: int = 16  # crops per update
@@ -111,10 +113,18 @@ def read_grid(path, grid):
     return {key: np.array([values[value] for value in grid]) for key, values in table.items()}
 
 
-def mean_psnr(level_denoise, probabilities, curves, grid):
-    """Mean PSNR over the images when each takes the probability-weighted denoise value, read off
-    its PSNR curve by linear interpolation between grid points."""
-    values = np.clip(probabilities @ np.clip(level_denoise, 0., 1.), 0., 1.)  # (n,)
+def damage_map_of(parameters):
+    """degradations.auto_denoise's map from the fit's parameters: a value per level, then log(power)."""
+    return {'level_denoise': [float(np.clip(value, 0., 1.)) for value in parameters[:-1]],
+            'power': float(np.exp(parameters[-1]))}
+
+
+def mean_psnr(parameters, probabilities, curves, grid):
+    """Mean PSNR over the images when each takes the map's denoise value (unrounded here), read
+    off its PSNR curve by linear interpolation between grid points."""
+    damage_map = damage_map_of(parameters)
+    weights = probabilities ** damage_map['power']  # (n, levels)
+    values = np.clip(weights / weights.sum(1, keepdims=True) @ np.array(damage_map['level_denoise']), 0., 1.)  # (n,)
     return float(np.mean([np.interp(value, grid, curve) for value, curve in zip(values, curves)]))
 
 
@@ -123,18 +133,25 @@ def main(argv):
     from scipy.optimize import minimize
     config = runtime.parse_config(globals(), argv)
     runtime.require(config.iterations > 0 and config.batch_size > 0, "iterations and batch_size must be > 0")
+    model_args = {'n_levels': len(LADDER_LEVELS), 'n_channels': config.n_channels}
     if config.classifier:
-        model, _ = runtime.load_damage_model(config.classifier)
+        state = runtime.load_checkpoint(config.classifier, 'cpu', ('model', 'model_args'), kind='damage classifier')
+        model, model_args = DamageNet(**state['model_args']), state['model_args']
+        runtime.load_states(config.classifier, [(model, state['model'])])
+        model.eval()
     else:
         model = train_classifier(config)
+        runtime.save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'config': vars(config)},
+                                os.path.join(config.out_dir, 'classifier.pth'))
 
-    grid_file = os.path.join(config.out_dir, 'val_grid.csv')
-    evaluate.main([f'--data_folder={config.data_folder}', f"--test_data_names=['{config.val_data_name}']",
-                   "--degradation=ladder", "--models=['bicubic']", f"--denoise={config.grid}",
-                   "--metrics=['psnr']", f'--precision={config.precision}',
-                   f'--srresnet_checkpoint={config.srresnet_checkpoint}',
-                   f'--srresnet_real_checkpoint={config.srresnet_real_checkpoint}',
-                   f'--results_file={os.path.splitext(grid_file)[0]}.json'])
+    grid_file = config.grid_file or os.path.join(config.out_dir, 'val_grid.csv')
+    if not config.grid_file:
+        evaluate.main([f'--data_folder={config.data_folder}', f"--test_data_names=['{config.val_data_name}']",
+                       "--degradation=ladder", "--models=['bicubic']", f"--denoise={config.grid}",
+                       "--metrics=['psnr']", f'--precision={config.precision}',
+                       f'--srresnet_checkpoint={config.srresnet_checkpoint}',
+                       f'--srresnet_real_checkpoint={config.srresnet_real_checkpoint}',
+                       f'--results_file={os.path.splitext(grid_file)[0]}.json'])
     curves = read_grid(grid_file, config.grid)
 
     keys, probabilities = [], []
@@ -151,15 +168,16 @@ def main(argv):
 
     fixed = {level: np.mean([psnrs[i] for i, (_, lvl) in enumerate(keys) if lvl == level], axis=0)
              for level in LADDER_LEVELS}  # (G,) each: the mean PSNR of each fixed value
-    start = np.array([grid[fixed[level].argmax()] for level in LADDER_LEVELS])
-    fit = minimize(lambda d: -mean_psnr(d, probabilities, psnrs, grid), start, method='Nelder-Mead',
-                   options={'maxiter': 20000, 'xatol': 1e-4, 'fatol': 1e-6})
-    level_denoise = [float(np.clip(value, 0., 1.)) for value in fit.x]
+    start = np.array([grid[fixed[level].argmax()] for level in LADDER_LEVELS] + [0.])  # power 1
+    fit = minimize(lambda parameters: -mean_psnr(parameters, probabilities, psnrs, grid), start,
+                   method='Nelder-Mead', options={'maxiter': 20000, 'xatol': 1e-4, 'fatol': 1e-6})
+    damage_map = damage_map_of(fit.x)
 
-    report = {'classifier_accuracy': accuracy, 'level_denoise': dict(zip(LADDER_LEVELS, level_denoise)), 'levels': {}}
+    report = {'classifier_accuracy': accuracy, 'level_denoise': dict(zip(LADDER_LEVELS, damage_map['level_denoise'])),
+              'power': damage_map['power'], 'levels': {}}
     for level in LADDER_LEVELS:
         rows = [i for i, (_, lvl) in enumerate(keys) if lvl == level]
-        chosen = [auto_denoise(torch.from_numpy(probabilities[i]), level_denoise) for i in rows]
+        chosen = [auto_denoise(torch.from_numpy(probabilities[i]), damage_map) for i in rows]
         auto = float(np.mean([np.interp(value, grid, psnrs[i]) for value, i in zip(chosen, rows)]))
         report['levels'][level] = {
             'auto': auto, 'mean_denoise': float(np.mean(chosen)), 'best_fixed': float(fixed[level].max()),
@@ -168,12 +186,12 @@ def main(argv):
         print(f"{level:>6}: auto {auto:.3f} dB (mean denoise {np.mean(chosen):.2f}), best fixed {fixed[level].max():.3f} "
               f"dB at {grid[fixed[level].argmax()]:.1f}, denoise 0 {fixed[level][0]:.3f} dB, each image's best "
               f"{report['levels'][level]['each_image_best']:.3f} dB")
-    state = {'model': model.state_dict(), 'model_args': {'n_levels': len(LADDER_LEVELS), 'n_channels': config.n_channels},
-             'levels': list(LADDER_LEVELS), 'level_denoise': level_denoise, 'config': vars(config)}
+    state = {'model': model.state_dict(), 'model_args': model_args, 'levels': list(LADDER_LEVELS),
+             **damage_map, 'config': vars(config)}
     runtime.save_checkpoint(state, config.output)
     utils.save_json(report, os.path.splitext(config.output)[0] + '.json')
-    print(f"Level denoise values: {dict(zip(LADDER_LEVELS, [round(v, 3) for v in level_denoise]))}; "
-          f"saved {config.output} and its report")
+    print(f"Level denoise values: {dict(zip(LADDER_LEVELS, [round(v, 3) for v in damage_map['level_denoise']]))}, "
+          f"power {damage_map['power']:.3f}; saved {config.output} and its report")
     return state
 
 

@@ -448,22 +448,25 @@ def blend_label(denoise, texture):
 
 def load_damage_model(path):
     """The damage classifier of denoise='auto' (fit_denoise.py's file), in eval mode on the CPU,
-    and each level's denoise value. A file that is not one, or whose levels are not
-    degradations.LADDER_LEVELS, is a ValueError naming it."""
+    and its map to denoise values ({'level_denoise': ..., 'power': ...}, degradations.auto_denoise).
+    A file that is not one, or whose levels are not degradations.LADDER_LEVELS, is a ValueError
+    naming it."""
     from models import DamageNet
-    state = load_checkpoint(path, 'cpu', ('model', 'model_args', 'levels', 'level_denoise'),
+    state = load_checkpoint(path, 'cpu', ('model', 'model_args', 'levels', 'level_denoise', 'power'),
                             kind='damage classifier (fit_denoise.py)')
     if list(state['levels']) != list(degradations.LADDER_LEVELS) or len(state['level_denoise']) != len(state['levels']) \
-            or not all(isinstance(value, float) and 0 <= value <= 1 for value in state['level_denoise']):
-        raise ValueError(f"{path}: its levels {state['levels']} and values {state['level_denoise']} are not one "
-                         f"value in [0, 1] for each of {list(degradations.LADDER_LEVELS)}")
+            or not all(isinstance(value, float) and 0 <= value <= 1 for value in state['level_denoise']) \
+            or not (isinstance(state['power'], float) and state['power'] > 0):
+        raise ValueError(f"{path}: its levels {state['levels']}, values {state['level_denoise']} and power "
+                         f"{state['power']} are not one value in [0, 1] for each of "
+                         f"{list(degradations.LADDER_LEVELS)} and a power > 0")
     try:
         model = DamageNet(**state['model_args'])
         model.load_state_dict(state['model'])
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path}: the weights do not fit DamageNet({state['model_args']}): "
                          f"{' '.join(str(error).split())[:300]}") from None
-    return model.eval(), list(state['level_denoise'])
+    return model.eval(), {'level_denoise': list(state['level_denoise']), 'power': state['power']}
 
 
 def load_training_checkpoint(path, required_keys, kind, model_args):

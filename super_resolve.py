@@ -1,15 +1,25 @@
-"""Step 5: super-resolve your own images and videos with a trained SRResNet or SRGAN, or compare the two.
+"""Step 5: super-resolve your own images and videos with the shipped models, blended to fit each
+photo, or with one trained SRResNet or SRGAN; or compare models.
 
-    python super_resolve.py                                      # the bundled example, shipped SRResNet
+    python super_resolve.py                                      # the bundled example, denoise read from it
     python super_resolve.py --input_path=photo.jpg               # -> outputs/photo_x4.png
     python super_resolve.py --input_path=my_photos --output_folder=sr    # every image (and video) in a folder
     python super_resolve.py --input_path=clip.mp4                # -> outputs/clip_x4.mp4, with its sound
-    python super_resolve.py --model=srgan --checkpoint=runs/srgan/checkpoint_srgan.pth
-    python super_resolve.py --mode=compare --input_path=photo.png \\
+    python super_resolve.py --input_path=photo.jpg --denoise=0.5 --texture=0.3    # a blend of your choosing
+    python super_resolve.py --mode=sweep --input_path=photo.jpg  # the photo at denoise 0, 0.25, ..., 1, side by side
+    python super_resolve.py --model=srgan --checkpoint=runs/srgan/checkpoint_srgan.pth   # one model, as it is
+    python super_resolve.py --mode=compare --input_path=photo.png \
         --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth       # -> outputs/photo_compare.png
-    python super_resolve.py --checkpoint=checkpoints/srresnet_real_x4.pth --input_path=old_photo.jpg   # real photos
-    python super_resolve.py --mode=compare_real --input_path=old_photo.jpg \\
+    python super_resolve.py --mode=compare_real --input_path=old_photo.jpg \
         --second_checkpoint=checkpoints/srresnet_real_x4.pth     # shipped SRResNet beside the real-photo one
+
+The model of mode 'upscale' is a blend of four shipped generators, all fine-tuned from one SRResNet,
+weight by weight (network interpolation, runtime.Blend): `denoise` goes from the SRResNet (0, for
+clean images) to the real-photo SRResNet (1, for blurred, noisy, JPEG'd ones), `texture` from the
+SRResNets (0, smooth) to the SRGANs (1, sharper texture, partly invented). denoise='auto', the
+default, reads each input's damage with a small classifier (models.DamageNet, fit_denoise.py; a
+JPEG file's quantisation table included) and prints the value it chose; a video gets one value,
+from its first frames. --checkpoint=FILE runs that one model as it is instead.
 
 mode 'upscale' makes each input image 4x larger: what a user wants from a super-resolver.
 mode 'compare' is the tutorial's visualize_sr(): it takes the input as the high-resolution truth,
@@ -17,8 +27,10 @@ downscales it 4x, restores it with bicubic interpolation, the SRResNet and the S
 a labelled grid of the three beside the original. The SRGAN's panel is named after its content
 loss, as in the paper: SRGAN-VGG54 (the default), SRGAN-VGG22 or SRGAN-MSE.
 mode 'compare_real' is for real photos, which have no truth to compare with: the input itself is
-the low-resolution image, upscaled by bicubic, by --checkpoint's model and by --second_checkpoint's,
-side by side. A model trained with degradation='realistic' is labelled '-real' (SRResNet-real).
+the low-resolution image, upscaled by bicubic, by the first model and by --second_checkpoint's,
+side by side. A model trained on degraded inputs is labelled '-real' (SRResNet-real).
+mode 'sweep' sets the photo beside itself upscaled at each of `sweep_values` of denoise or texture
+(`sweep`), to choose a value by eye.
 
 Any image works: greyscale, palette, 16-bit, 32-bit integer, float and CMYK images become RGB,
 an alpha channel is upscaled bicubically, and the EXIF orientation is applied. Images of any size
@@ -212,12 +224,12 @@ def parse_denoise(value):
     return runtime.check_blend_value('denoise', number)
 
 
-def choose_denoise(classifier, level_denoise, rgb_frames, jpeg_table=None):
+def choose_denoise(classifier, damage_map, rgb_frames, jpeg_table=None):
     """The denoise value denoise='auto' gives an image, or one value for a video's first frames
     (the value of their mean reading, so that a video's blend never changes from frame to frame).
 
     Args:
-        classifier, level_denoise: from runtime.load_damage_model.
+        classifier, damage_map: from runtime.load_damage_model.
         rgb_frames: a PIL image, or (N, h, w, 3) uint8 RGB arrays.
         jpeg_table: the JPEG file's luminance quantisation table (read_input), or None.
     Returns (value, the classifier's mean probability of each level of degradations.LADDER_LEVELS).
@@ -226,7 +238,7 @@ def choose_denoise(classifier, level_denoise, rgb_frames, jpeg_table=None):
     probabilities = sum(degradations.damage_levels(classifier, utils.convert_image(
         frame if isinstance(frame, Image.Image) else Image.fromarray(frame), source='pil', target='[0, 1]'),
         jpeg_table) for frame in frames) / len(frames)  # (levels,)
-    return degradations.auto_denoise(probabilities, level_denoise), probabilities
+    return degradations.auto_denoise(probabilities, damage_map), probabilities
 
 
 def report_auto(path, value, probabilities):

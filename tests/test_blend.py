@@ -37,12 +37,13 @@ def corners(tmp_path):
     return [save_model(tmp_path / f'corner{i}.pth', key=key, seed=10 + i) for i, key in enumerate(CORNER_KEYS)]
 
 
-def save_damage_model(path, level_denoise=(0., 0.25, 0.5, 1., 0.75), seed=0):
+def save_damage_model(path, level_denoise=(0., 0.25, 0.5, 1., 0.75), power=1., seed=0):
     """A random DamageNet saved as fit_denoise.py saves one; return the path."""
     torch.manual_seed(seed)
     model = DamageNet(len(degradations.LADDER_LEVELS), n_channels=4)
     torch.save({'model': model.state_dict(), 'model_args': {'n_levels': 5, 'n_channels': 4},
-                'levels': list(degradations.LADDER_LEVELS), 'level_denoise': list(level_denoise), 'config': {}}, path)
+                'levels': list(degradations.LADDER_LEVELS), 'level_denoise': list(level_denoise), 'power': power,
+                'config': {}}, path)
     return str(path)
 
 
@@ -146,12 +147,31 @@ def test_a_video_gets_one_value_from_its_first_frames(corners, tmp_path, capsys,
     monkeypatch.setattr(super_resolve, 'choose_denoise', lambda *args: read.append(args[2]) or real_choose(*args))
     made = []
     real_call = super_resolve.BlendedModels.__call__
-    monkeypatch.setattr(super_resolve.BlendedModels, '__call__', lambda self, d: made.append(d) or real_call(self, d))
+    monkeypatch.setattr(super_resolve.BlendedModels, '__call__',
+                        lambda self, d, t: made.append((d, t)) or real_call(self, d, t))
     super_resolve.main([f'--input_path={clip}', f'--output_folder={tmp_path / "out"}', f'--damage_checkpoint={damage}']
                        + corner_args(corners))
     assert len(read) == 1 and read[0].shape == (super_resolve.AUTO_VIDEO_FRAMES, 16, 24, 3)  # the first 8 frames
     assert len(made) == 2  # the blend made at the start, then the video's one value: never per frame
     assert len(re.findall(r'clip.mp4: denoise ', capsys.readouterr().out)) == 1
+
+
+def test_sweep_sets_bicubic_beside_each_value_and_is_not_read_back(corners, tmp_path, monkeypatch):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    textured_image(20, 16, seed=2).save(folder / 'p.png')
+    shown = []
+    real_grid = super_resolve.visualize_real
+    monkeypatch.setattr(super_resolve, 'visualize_real',
+                        lambda img, models, *args: shown.append([label for label, _ in models]) or real_grid(img, models, *args))
+    args = [f'--input_path={folder}', f'--output_folder={folder}', '--mode=sweep', '--sweep=texture',
+            '--sweep_values=[0, 0.5, 1]', '--denoise=0.25'] + corner_args(corners)
+    [written] = super_resolve.main(args)
+    assert written == str(folder / 'p_sweep.png')
+    assert shown == [['SRResNet d0.25 t0', 'SRResNet d0.25 t0.5', 'SRResNet d0.25 t1']]
+    assert Image.open(written).width > 4 * 20 * 4  # bicubic and three upscales in a row
+    super_resolve.main(args)  # p_sweep.png is an output, not an input: only p.png is read again
+    assert len(shown) == 2 and sorted(os.listdir(folder)) == ['p.png', 'p_sweep.png', 'p_sweep_1.png']
 
 
 @pytest.mark.parametrize('args, message', [
@@ -289,14 +309,18 @@ def test_the_classifier_reads_large_images_from_a_bounded_grid_of_crops():
 
 
 def test_auto_denoise_is_the_probability_weighted_value_rounded_to_a_twentieth(tmp_path):
-    assert degradations.auto_denoise(torch.tensor([1., 0, 0, 0, 0]), [0., .2, .5, 1., .7]) == 0.
-    assert degradations.auto_denoise(torch.tensor([0., 0, 0, 1, 0]), [0., .2, .5, 1., .7]) == 1.
-    assert degradations.auto_denoise(torch.tensor([.5, 0, .5, 0, 0]), [0., .2, .5, 1., .7]) == 0.25
-    assert degradations.auto_denoise(torch.tensor([0, .5, .5, 0, 0]), [0., .2, .5, 1., .7]) == 0.35
-    model, values = runtime.load_damage_model(save_damage_model(tmp_path / 'damage.pth'))
+    damage_map = {'level_denoise': [0., .2, .5, 1., .7], 'power': 1.}
+    assert degradations.auto_denoise(torch.tensor([1., 0, 0, 0, 0]), damage_map) == 0.
+    assert degradations.auto_denoise(torch.tensor([0., 0, 0, 1, 0]), damage_map) == 1.
+    assert degradations.auto_denoise(torch.tensor([.5, 0, .5, 0, 0]), damage_map) == 0.25
+    assert degradations.auto_denoise(torch.tensor([0, .5, .5, 0, 0]), damage_map) == 0.35
+    # A power of 2 weighs 0.75 and 0.25 as 9 to 1: 0.9 * 0 + 0.1 * 0.5.
+    assert degradations.auto_denoise(torch.tensor([.75, 0, .25, 0, 0]), dict(damage_map, power=2.)) == 0.05
+    model, found = runtime.load_damage_model(save_damage_model(tmp_path / 'damage.pth', power=2.))
+    assert found == {'level_denoise': [0., 0.25, 0.5, 1., 0.75], 'power': 2.}
     probabilities = degradations.damage_levels(model, torch.rand(3, 40, 30))
     assert probabilities.shape == (5,) and float(probabilities.sum()) == pytest.approx(1.)
     broken = tmp_path / 'broken.pth'
-    torch.save({'model': {}, 'model_args': {}, 'levels': ['clean'], 'level_denoise': [0.]}, broken)
+    torch.save({'model': {}, 'model_args': {}, 'levels': ['clean'], 'level_denoise': [0.], 'power': 1.}, broken)
     with pytest.raises(ValueError, match='broken.pth: its levels'):
         runtime.load_damage_model(str(broken))

@@ -104,3 +104,29 @@ def test_shipped_real_photo_srgan_is_named_so_and_looks_more_natural_on_damaged_
         scores = {name: utils.niqe(super_resolve.upscale_image(model, lr_img, 'cpu', 0, 0), crop_border=4)
                   for name, model in models.items()}
         assert scores['srgan_real'] < scores['srresnet_real'] - 1, (key, scores)
+
+
+DAMAGE_CHECKPOINT = os.path.join(REPO, 'checkpoints', 'damage_x4.pth')
+
+
+def shipped_auto_denoise(img, jpeg_table=None):
+    """The denoise value the shipped damage classifier gives a PIL image (super_resolve.choose_denoise)."""
+    classifier, damage_map = runtime.load_damage_model(DAMAGE_CHECKPOINT)
+    value, _ = super_resolve.choose_denoise(classifier, damage_map, img, jpeg_table)
+    return value
+
+
+def test_auto_reads_a_clean_png_as_clean_and_a_damaged_jpeg_as_damaged(tmp_path):
+    """denoise='auto' with the shipped classifier: near 0 for the bundled clean photo and its clean
+    shrinks, near 1 for heavily damaged shrinks of it saved as low-quality JPEG files (read as a user's
+    file is read, quantisation table included)."""
+    with Image.open(EXAMPLE) as img:
+        clean = img.convert('RGB')
+    assert shipped_auto_denoise(clean) <= 0.15
+    assert shipped_auto_denoise(clean.resize((96, 64), Image.BICUBIC)) <= 0.15
+    _, damaged = damaged_example(range(3))
+    for key, lr_img in enumerate(damaged):
+        path = tmp_path / f'damaged{key}.jpg'
+        lr_img.resize((lr_img.width * 2, lr_img.height * 2), Image.BICUBIC).save(path, quality=30)
+        jpeg, table = super_resolve.read_input(str(path), 'upscale', False, 4, 64)
+        assert table is not None and shipped_auto_denoise(jpeg, table) >= 0.75, key
