@@ -9,8 +9,9 @@
 
 Both streams are pure functions of (seed, sample position), so a resumed run sees exactly the
 samples it would have seen. They draw different crops from the same seed. Both make the LR crop
-with degradation 'bicubic' (the paper's clean bicubic shrink) or 'realistic' (degradations.py:
-blur, resizes, noise and JPEG, twice, drawn from the same (seed, position)).
+with degradation 'bicubic' (the paper's clean bicubic shrink), 'realistic' (degradations.py:
+blur, resizes, noise and JPEG, twice, drawn from the same (seed, position)) or 'ladder' (a level
+of damage from none to heavy, drawn from it too).
 """
 import concurrent.futures
 import json
@@ -108,8 +109,9 @@ class SRDataset(Dataset):
             (forked after it is filled). Needs about 3 bytes per pixel of the whole set.
         augment: training crops get a random flip / 90-degree turn (not in the paper).
         degradation: how the LR image is made from the HR one: 'bicubic' (Pillow's bicubic
-            shrink, the paper's protocol) or 'realistic' (degradations.degrade). A test image's
-            realistic degradation is keyed by its file name, so it is the same in every run.
+            shrink, the paper's protocol), or 'realistic', 'ladder' or 'ladder:<level>'
+            (degradations.degrade_by). A test image's degradation is keyed by its file name, so
+            it is the same in every run.
 
     Items: dataset[i] takes a random crop from Python's `random`; dataset[(i, seed)] takes the
     crop (and augmentation, and degradation) that `seed` picks, which is how ResumableSampler
@@ -224,7 +226,7 @@ class DeviceTrainStream:
         device: where the images live and the batches are made.
         hr_img_type: convert_image target of the HR crops ('[-1, 1]', 'imagenet-norm').
         augment: random flips and 90-degree turns of each HR crop, before it is shrunk.
-        degradation: 'bicubic' or 'realistic' (see SRDataset).
+        degradation: 'bicubic', 'realistic' or 'ladder' (see SRDataset).
         rank, world_size: this process's share of the stream under torchrun.
 
     Sample position p is in epoch p // n: each epoch visits every image once, in an order made by

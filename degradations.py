@@ -12,6 +12,11 @@ crop goes through that damage twice:
     stage 2: blur (sometimes) -> random resize -> noise -> then, in either order,
              [resize to HR / s + sinc filter] and [JPEG]
 
+degradation='ladder' draws for each sample one level of damage from none to heavy (clean, light,
+medium, heavy = the chain above, JPEG-only): LADDER_LEVELS, below. The last section reads damage
+back from an image (its JPEG coarseness; the crops a damage classifier reads; the denoise value
+super_resolve.py's denoise='auto' takes from the classifier's reading).
+
 Every draw for a sample comes from a random.Random keyed by a string of the caller's (seed,
 sample position) or the image's name, so the same key always gives the same LR bytes (exact
 resume, and a fixed degraded test protocol). The blur, resize and noise run in tensor operations
@@ -524,6 +529,7 @@ def auto_denoise(probabilities, damage_map):
 
     damage_map: {'level_denoise': a value in [0, 1] per level, 'power': the power}, both fitted
     on the validation images (fit_denoise.py)."""
-    weights = probabilities.double() ** damage_map['power']  # (levels,)
-    value = float((weights / weights.sum()) @ torch.tensor(damage_map['level_denoise'], dtype=torch.float64))
+    # p ** power / sum(p ** power), in logarithms: a high power would underflow to 0 / 0.
+    weights = torch.softmax(damage_map['power'] * probabilities.double().clamp_min(1e-30).log(), dim=0)  # (levels,)
+    value = float(weights @ torch.tensor(damage_map['level_denoise'], dtype=torch.float64))
     return round(min(1., max(0., value)) * 20) / 20

@@ -113,17 +113,21 @@ def read_grid(path, grid):
     return {key: np.array([values[value] for value in grid]) for key, values in table.items()}
 
 
+POWER_RANGE = (0.25, 16.)  # the map's power is kept to this range (past 16 it is a hard choice of one level)
+
+
 def damage_map_of(parameters):
     """degradations.auto_denoise's map from the fit's parameters: a value per level, then log(power)."""
     return {'level_denoise': [float(np.clip(value, 0., 1.)) for value in parameters[:-1]],
-            'power': float(np.exp(parameters[-1]))}
+            'power': float(np.exp(np.clip(parameters[-1], *np.log(POWER_RANGE))))}
 
 
 def mean_psnr(parameters, probabilities, curves, grid):
     """Mean PSNR over the images when each takes the map's denoise value (unrounded here), read
     off its PSNR curve by linear interpolation between grid points."""
     damage_map = damage_map_of(parameters)
-    weights = probabilities ** damage_map['power']  # (n, levels)
+    logs = damage_map['power'] * np.log(np.maximum(probabilities, 1e-30))  # (n, levels): as auto_denoise, in logs
+    weights = np.exp(logs - logs.max(1, keepdims=True))
     values = np.clip(weights / weights.sum(1, keepdims=True) @ np.array(damage_map['level_denoise']), 0., 1.)  # (n,)
     return float(np.mean([np.interp(value, grid, curve) for value, curve in zip(values, curves)]))
 
@@ -139,8 +143,9 @@ def main(argv):
         model, model_args = DamageNet(**state['model_args']), state['model_args']
         runtime.load_states(config.classifier, [(model, state['model'])])
         model.eval()
+        classifier_config = state.get('classifier_config', state.get('config', {}))  # how step 1 was run
     else:
-        model = train_classifier(config)
+        model, classifier_config = train_classifier(config), vars(config)
         runtime.save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'config': vars(config)},
                                 os.path.join(config.out_dir, 'classifier.pth'))
 
@@ -187,7 +192,7 @@ def main(argv):
               f"dB at {grid[fixed[level].argmax()]:.1f}, denoise 0 {fixed[level][0]:.3f} dB, each image's best "
               f"{report['levels'][level]['each_image_best']:.3f} dB")
     state = {'model': model.state_dict(), 'model_args': model_args, 'levels': list(LADDER_LEVELS),
-             **damage_map, 'config': vars(config)}
+             **damage_map, 'config': vars(config), 'classifier_config': classifier_config}
     runtime.save_checkpoint(state, config.output)
     utils.save_json(report, os.path.splitext(config.output)[0] + '.json')
     print(f"Level denoise values: {dict(zip(LADDER_LEVELS, [round(v, 3) for v in damage_map['level_denoise']]))}, "

@@ -294,8 +294,8 @@ def train_hint(kind):
 
 def degradation_of(checkpoint):
     """How the LR inputs a checkpoint's model was trained on were made: 'bicubic' (the paper's
-    clean shrink, and every checkpoint older than the option) or 'realistic' (degradations.py),
-    from checkpoint['config']['degradation']."""
+    clean shrink, and every checkpoint older than the option), 'realistic' or 'ladder'
+    (degradations.py), from checkpoint['config']['degradation']."""
     config = checkpoint.get('config')
     degradation = config.get('degradation', 'bicubic') if isinstance(config, dict) else 'bicubic'
     if degradation not in degradations.DEGRADATIONS:

@@ -26,7 +26,7 @@ data_folder: str = 'data'  # folder with train_images.json and val_images.json (
 crop_size: int = 96  # HR crop side in px (paper: 96)
 scaling_factor: int = 4  # 2, 4 or 8 (paper: 4)
 augment: bool = False  # random flips and 90-degree turns of each crop (paper: none)
-degradation: str = 'bicubic'  # LR crops: 'bicubic' (paper) or 'realistic' (blur, noise, JPEG: degradations.py)
+degradation: str = 'bicubic'  # LR crops: 'bicubic' (paper), 'realistic' (blur, noise, JPEG) or 'ladder' (degradations.py)
 data_on_device: str = 'auto'  # crops made on the training device: 'auto' (if the set fits), 'on', 'off'
 cache_images: bool = True  # DataLoader path: keep decoded images in RAM (off for very large sets like COCO)
 workers: int = min(4, max(1, (os.cpu_count() or 2) - 1))  # DataLoader path: worker processes (0 = main process)

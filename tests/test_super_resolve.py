@@ -580,7 +580,7 @@ def test_clear_errors_for_bad_settings_inputs_and_checkpoints(checkpoint, tmp_pa
     missing = str(tmp_path / 'nowhere.png')
     with pytest.raises(FileNotFoundError, match='input not found.*nowhere.png'):
         run_main([f'--input_path={missing}', f'--checkpoint={checkpoint}'])
-    with pytest.raises(ValueError, match="mode must be 'upscale', 'compare' or 'compare_real', got 'zoom'"):
+    with pytest.raises(ValueError, match="mode must be 'upscale', 'compare', 'compare_real' or 'sweep', got 'zoom'"):
         run_main([f'--input_path={img_path}', '--mode=zoom'])
     missing_checkpoint = str(tmp_path / 'no_model.pth')
     with pytest.raises(FileNotFoundError, match='(?s)no_model.pth.*train_srresnet.py'):
