@@ -424,9 +424,9 @@ class Blend:
         corners at (denoise, texture), in float32, in eval mode on `device`. Corners of weight 0
         are left out of the sum, so each corner point reproduces its own file exactly."""
         from models import SRResNet
-        terms = [(weight, state) for weight, state in zip(corner_weights(denoise, texture), self.states) if weight > 0]
-        missing = [path for (weight, state), path in zip(zip(corner_weights(denoise, texture), self.states), self.paths)
-                   if weight > 0 and state is None]
+        weights = corner_weights(denoise, texture)
+        terms = [(weight, state) for weight, state in zip(weights, self.states) if weight > 0]
+        missing = [path for weight, state, path in zip(weights, self.states, self.paths) if weight > 0 and state is None]
         if missing:
             raise ValueError(f"the blend at denoise={denoise:g}, texture={texture:g} needs {missing}, not loaded")
         blended = {}

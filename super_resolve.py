@@ -8,9 +8,9 @@ photo, or with one trained SRResNet or SRGAN; or compare models.
     python super_resolve.py --input_path=photo.jpg --denoise=0.5 --texture=0.3    # a blend of your choosing
     python super_resolve.py --mode=sweep --input_path=photo.jpg  # the photo at denoise 0, 0.25, ..., 1, side by side
     python super_resolve.py --model=srgan --checkpoint=runs/srgan/checkpoint_srgan.pth   # one model, as it is
-    python super_resolve.py --mode=compare --input_path=photo.png \
+    python super_resolve.py --mode=compare --input_path=photo.png \\
         --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth       # -> outputs/photo_compare.png
-    python super_resolve.py --mode=compare_real --input_path=old_photo.jpg \
+    python super_resolve.py --mode=compare_real --input_path=old_photo.jpg \\
         --second_checkpoint=checkpoints/srresnet_real_x4.pth     # shipped SRResNet beside the real-photo one
 
 The model of mode 'upscale' is a blend of four shipped generators, all fine-tuned from one SRResNet,
