@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import utils
+
 DEGRADATIONS = ('bicubic', 'realistic', 'ladder')  # 'bicubic': the paper's clean shrink (utils.ImageTransforms)
 
 # ----------------------------------------------------------------------------------------------
@@ -360,12 +362,11 @@ def ladder_level(key):
 
 def _ladder_rung(img, rng, level, scaling_factor):
     """One (1, 3, H, W) image in [0, 1] through a light rung of the ladder: clean, light, medium, jpeg."""
-    from utils import pillow_bicubic_resize  # here: utils imports torchvision's codecs lazily too
     lr_size = (img.shape[-2] // scaling_factor, img.shape[-1] // scaling_factor)
 
     def pillow_shrink(img):  # the paper's clean shrink, as SRDataset makes it with Pillow
         levels = _levels(img).to(torch.uint8)  # (1, 3, H, W) uint8
-        return pillow_bicubic_resize(levels, lr_size[::-1]).float().div_(255.)  # (1, 3, h, w)
+        return utils.pillow_bicubic_resize(levels, lr_size[::-1]).float().div_(255.)  # (1, 3, h, w)
 
     if level == 'clean':
         return pillow_shrink(img)

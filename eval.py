@@ -4,8 +4,9 @@
     python eval.py --models="['bicubic', 'srresnet', 'srgan']" --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth
     python eval.py --models="['bicubic']" --test_data_names="['Set5']" --metrics="['psnr', 'ssim']"
     python eval.py --results_file=results/eval_results.json   # publish: replace the numbers in results/
-    python eval.py --degradation=realistic --test_data_names="['Set14', 'BSD100']" \
+    python eval.py --degradation=realistic --test_data_names="['Set14', 'BSD100']" \\
         --models="['bicubic', 'srresnet', 'srresnet_real']" --real_lr_folder=data/RealSRSet   # real photos
+    python eval.py --degradation=ladder --test_data_names="['Set14']" --denoise="[0.5, 'auto']" --precision=auto
 
 Make the lists of test images first, with create_data_lists.py. How the numbers are made (the
 conventions of Ledig et al. 2017 and of most SR papers since):
@@ -27,7 +28,10 @@ For models meant for real photos there are two more measures, each in its own ta
   degrades each test image the same way. The paper's rows are not printed beside it: its
   protocol is bicubic;
 - real_lr_folder: real low-resolution photos with no ground truth (RealSRSet, from BSRGAN), each
-  upscaled whole; only NIQE can score them.
+  upscaled whole; only NIQE can score them;
+- degradation='ladder': each test set at every level of degradations.LADDER_LEVELS (clean to
+  heavy, each keyed by the file name), a table per set. `denoise` adds rows of blends of the four
+  checkpoints (runtime.Blend), 'auto' the value super_resolve.py would read from each image.
 
 Prints a Markdown table with the paper's numbers beside ours, and writes `results_file` (JSON,
 the means) and a CSV beside it (one row per image). The default is under runs/, which git

@@ -25,7 +25,7 @@ import runtime
 import super_resolve
 import utils
 from models import DamageNet, SRResNet
-from test_super_resolve import MODEL_ARGS, random_model, save_model, textured_image
+from test_super_resolve import MODEL_ARGS, save_model, textured_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORNER_KEYS = ('model', 'model', 'generator', 'generator')  # two SRResNets, two SRGAN generators
