@@ -291,15 +291,13 @@ def main(argv):
         print(f"{row_name(key)}: {path} (iteration {checkpoint.get('iteration', '?')}, "
               f"trained on {runtime.degradation_of(checkpoint)} LR images)")
     if denoise_values:
-        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
-                   config.srgan_real_checkpoint]
-        blend = runtime.Blend(corners, needed=[not t or config.texture > 0 for _, t in runtime.CORNERS])
+        blend = runtime.load_blend(config, denoise_values, [config.texture])
         for value in denoise_values:
             model = AutoBlend(blend, config.texture, device, dtype, config.damage_checkpoint) if value == 'auto' \
                 else ready(blend.model(value, config.texture, device), dtype)
             rows['blend ' + runtime.blend_label(value, config.texture)[len('SRResNet '):]] = \
                 (model, blend.args['scaling_factor'])
-        print(f"Blends: {', '.join(map(str, config.denoise))} at texture {config.texture:g}, of {corners}")
+        print(f"Blends: {', '.join(map(str, config.denoise))} at texture {config.texture:g}, of {blend.paths}")
     for name in config.test_data_names:
         check_sizes(data_list_path(config.data_folder, name), images[name], {s for _, s in rows.values()},
                     config.metrics)

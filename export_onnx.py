@@ -137,17 +137,15 @@ def main(argv):
         plain, state = runtime.load_sr_model(config.checkpoint, 'cpu')  # the generator of an SRGAN checkpoint
         source, kind = config.checkpoint, model_label(state, config.checkpoint)
     else:
-        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
-                   config.srgan_real_checkpoint]
         weights = runtime.corner_weights(denoise, texture)
-        blend = runtime.Blend(corners, needed=[weight > 0 for weight in weights])
+        blend = runtime.load_blend(config, [denoise], [texture])
         plain = blend.model(denoise, texture)
         if max(weights) == 1:  # a corner: its own file, exactly
             corner = weights.index(1)
-            source, state = corners[corner], blend.checkpoints[corner]
+            source, state = blend.paths[corner], blend.checkpoints[corner]
             kind = model_label(state, source)
         else:
-            source, state = ' + '.join(path for path, weight in zip(corners, weights) if weight > 0), {}
+            source, state = ' + '.join(path for path, weight in zip(blend.paths, weights) if weight > 0), {}
             kind = runtime.blend_label(denoise, texture)
     stem = os.path.splitext(os.path.basename(source))[0] if state else f'srresnet_d{denoise:g}_t{texture:g}_x{scaling_factor_of(plain)}'
     output_path = config.output or stem + '.onnx'

@@ -440,6 +440,19 @@ class Blend:
         return model.to(device).eval()
 
 
+CORNER_KEYS = ('srresnet_checkpoint', 'srresnet_real_checkpoint', 'srgan_checkpoint', 'srgan_real_checkpoint')
+
+
+def load_blend(config, denoise_values, texture_values):
+    """The Blend of a script's four corner constants (CORNER_KEYS, in the order of CORNERS),
+    reading only the corners that a blend at any of these values weighs: a run with texture 0
+    needs no SRGAN file. denoise_values may hold 'auto', which can reach 0 and 1."""
+    denoise_values = [value for d in denoise_values for value in ((0., 1.) if d == 'auto' else (d,))]
+    needed = [any(corner_weights(d, t)[i] > 0 for d in denoise_values for t in texture_values)
+              for i in range(len(CORNERS))]
+    return Blend([getattr(config, key) for key in CORNER_KEYS], needed)
+
+
 def blend_label(denoise, texture):
     """What a blend is called in tables and prints: 'SRResNet d0.5 t0.3', or 'SRResNet auto t0'
     when the denoise value is read from each input."""

@@ -652,16 +652,10 @@ def main(argv):
     first_path = config.checkpoint or config.srresnet_checkpoint  # the model of a run without a blend
     blended, damage = None, None
     if blending:
-        corners = [config.srresnet_checkpoint, config.srresnet_real_checkpoint, config.srgan_checkpoint,
-                   config.srgan_real_checkpoint]
-        # Only the corners the blend can weigh are read: a run with texture 0 needs no SRGAN file.
-        denoise_range = (0., 1.) if denoise == 'auto' else (denoise,)
-        denoise_range = sweep_values if config.sweep == 'denoise' and sweep_values else denoise_range
+        denoise_range = sweep_values if config.sweep == 'denoise' and sweep_values else (denoise,)
         texture_range = sweep_values if config.sweep == 'texture' and sweep_values else (texture,)
-        reachable = [any(runtime.corner_weights(d, t)[i] > 0 for d in denoise_range for t in texture_range)
-                     for i in range(4)]
         try:
-            blend = runtime.Blend(corners, needed=reachable)
+            blend = runtime.load_blend(config, denoise_range, texture_range)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{error}: the blend's corners are --srresnet_checkpoint, "
                                     f"--srresnet_real_checkpoint, --srgan_checkpoint and --srgan_real_checkpoint "
@@ -669,10 +663,11 @@ def main(argv):
         blended = BlendedModels(blend, device, config.channels_last, dtype)
         auto = denoise == 'auto' and not (config.mode == 'sweep' and config.sweep == 'denoise')  # read per input
         damage = runtime.load_damage_model(config.damage_checkpoint) if auto else None
-        sr_model = blended(denoise_range[0], texture_range[0])  # the first blend, also made to check it builds
+        sr_model = blended(0. if denoise_range[0] == 'auto' else denoise_range[0], texture_range[0])  # checks it builds
         model_name = runtime.blend_label(denoise, texture) if config.mode == 'upscale' else \
             f"SRResNet {config.sweep} {', '.join(f'{value:g}' for value in sweep_values)}"
-        print(f"Model: {model_name}, blended from {', '.join(path for path, used in zip(corners, reachable) if used)}")
+        read = [path for path, state in zip(blend.paths, blend.states) if state is not None]
+        print(f"Model: {model_name}, blended from {', '.join(read)}")
     else:
         try:
             sr_model, sr_checkpoint = runtime.load_sr_model(first_path, device, kind=config.model)
