@@ -27,6 +27,19 @@ repeats interleaved, so a machine busy with something else slows both alike):
    precision='auto' picks here, or `precisions`), with the trained `precision_checkpoint`: the
    time on the largest inference input, and on the images of `precision_images`, shrunk 4x as
    eval.py does, how far each pixel moves from float32 (grey levels) and the PSNR change.
+6. Backends (section 'backends', not run by default): super_resolve.py's tiled inference of the
+   trained model on each backend and precision, side by side: PyTorch fp32 and precision='auto',
+   OpenVINO fp32, bf16 and int8 (backends.py), best of `inference_repeats` on the largest
+   inference input, with each row's share of the measured bf16 (or fp32) convolution peak, its
+   differences from PyTorch fp32 and its PSNR on `precision_images`. int8 is calibrated on the
+   validation list (backends.CALIBRATION_LIST); a row that cannot run (OpenVINO or NNCF missing)
+   is a note.
+7. Video (section 'video', not run by default): a synthetic `video_size` clip of `video_frames`
+   frames made with PyAV, and where its time goes: decoding, the model (what backend='auto' runs)
+   and H.264 encoding of the 4x frames, each timed alone; then the whole clip through
+   super_resolve.py with --backend=torch and with the default 'auto', in frames per second.
+
+    python bench.py --sections=peak,backends,video --precision_images=data/Set14 --results_file=results/bench_openvino.json
 
 The weights are random (speed does not depend on them), with random BatchNorm statistics so
 that the folding has something to fold; section 5 uses trained ones, whose differences are a real
@@ -90,9 +103,13 @@ peak_conv_shape: list = [1, 256, 128, 128]  # (N, C, H, W) of the C->C 3x3 conv 
 precision_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # section 5's model (trained: its differences are real)
 precision_images: str = 'examples'  # section 5's HR images for the differences and PSNR (e.g. a Set14 folder)
 precisions: list = []  # half precisions section 5 compares with fp32 ([] = the one precision='auto' picks here)
-sections: str = 'peak,inference,precision,training'  # which to run, comma-separated (tiling is part of inference)
+video_size: list = [854, 480]  # section 'video': [width, height] of the synthetic clip (480p)
+video_frames: int = 24  # section 'video': its frames
+sections: str = 'peak,inference,precision,training'  # which to run, comma-separated (tiling is part of inference;
+#                                                     also 'backends' and 'video')
 # Results
 results_file: str = 'runs/bench/bench.json'  # the same numbers as the printed table
+overwrite: bool = False  # replace an existing results_file (False: the next free name, bench_1.json)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 threads: int = 0  # torch intra-op threads (0 = torch's default, one per core)
@@ -112,11 +129,12 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(paths, device, repeats, warmup=1):
+def time_interleaved(paths, device, repeats, warmup=1, statistic=np.median):
     """Run each zero-argument callable in `paths` warmup + repeats times, round-robin.
 
     Interleaving matters on a shared machine: a burst of someone else's work slows every path
-    a little instead of one path a lot. Returns ({name: median seconds}, {name: last output}).
+    a little instead of one path a lot. Returns ({name: statistic of the seconds (the median,
+    or np.min for the best)}, {name: last output}).
     """
     seconds, outputs = {name: [] for name in paths}, {}
     for round_index in range(warmup + repeats):
@@ -127,7 +145,7 @@ def time_interleaved(paths, device, repeats, warmup=1):
             synchronize(device)
             if round_index >= warmup:
                 seconds[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in seconds.items()}, outputs
+    return {name: float(statistic(values)) for name, values in seconds.items()}, outputs
 
 
 def macs_per_lr_pixel(large_kernel_size, small_kernel_size, n_channels, n_blocks, scaling_factor):
@@ -583,6 +601,156 @@ def bench_precision(config, device):
             'n_images': len(paths), 'rows': rows}
 
 
+def bench_backends(config, device, macs):
+    """Section 6: super_resolve.py's inference on each backend and precision, side by side.
+
+    Each row is the trained precision_checkpoint made fast by super_resolve.prepare_for_backend and
+    run through upscale_tensor with super_resolve.py's default tiles: the best of inference_repeats
+    on the largest inference input, the rows interleaved. Differences and PSNR are measured on
+    precision_images as section 5 measures them, against PyTorch fp32. Returns the section's dict.
+    """
+    import backends
+    import super_resolve
+    auto_torch = next(name for name, dtype in runtime.PRECISIONS.items() if dtype == runtime.inference_dtype(device, 'auto'))
+    rows = [('torch', 'fp32'), ('torch', auto_torch)] if auto_torch != 'fp32' else [('torch', 'fp32')]
+    rows += [('openvino', name) for name in ('fp32', 'bf16', 'int8')]
+    auto_backend = backends.pick_backend(device, 'auto')
+    auto_row = (auto_backend, backends.openvino_precision('auto') if auto_backend == 'openvino' else auto_torch)
+    models, notes = {}, []
+    for backend, precision in rows:
+        try:
+            plain, _ = runtime.load_sr_model(config.precision_checkpoint, device)
+            backends.pick_backend(device, backend, precision)
+            started = time.perf_counter()
+            models[backend, precision] = super_resolve.prepare_for_backend(plain, backend, device, precision)
+            if backend == 'openvino':
+                print(f"  openvino {precision}: ready in {time.perf_counter() - started:.1f} s")
+        except (Exception, SystemExit) as error:  # OpenVINO, NNCF or the calibration list missing: a note
+            notes.append(f"backend {backend} {precision} was not timed: {type(error).__name__}: {error}")
+            print(f"  note: {notes[-1]}")
+    s = super_resolve.scaling_factor_of(models['torch', 'fp32'])
+    width, height = max(config.inference_sizes, key=lambda size: size[0] * size[1])
+    generator = torch.Generator().manual_seed(config.seed)
+    lr_img = torch.randn(1, 3, height, width, generator=generator).to(device)  # (1, 3, h, w), ImageNet-normed
+    print(f"  backends {width}x{height}: {', '.join(f'{b} {p}' for b, p in models)}, best of {config.inference_repeats}")
+    seconds, _ = time_interleaved({key: lambda model=model: super_resolve.upscale_tensor(
+        model, lr_img, super_resolve.tile_size, super_resolve.tile_overlap) for key, model in models.items()},
+        device, config.inference_repeats, statistic=np.min)
+
+    paths = utils.list_images(config.precision_images)
+    if not paths:
+        raise FileNotFoundError(f"precision_images {config.precision_images!r} holds no images")
+    transform = utils.ImageTransforms('test', 0, s, 'imagenet-norm', '[0, 1]')
+    outputs, psnrs = {key: [] for key in models}, {key: [] for key in models}
+    for path in paths:
+        with Image.open(path) as img:
+            lr_norm, hr = transform(utils.pil_to_rgb(img))  # (3, h, w) ImageNet-normed, (3, h * s, w * s) in [0, 1]
+        hr_pil = utils.convert_image(hr, source='[0, 1]', target='pil')
+        for key, model in models.items():
+            sr = super_resolve.upscale_tensor(model, lr_norm.unsqueeze(0).to(device), super_resolve.tile_size,
+                                              super_resolve.tile_overlap)[0]  # (3, H, W), in [-1, 1]
+            sr_pil = utils.convert_image(sr.float(), source='[-1, 1]', target='pil')  # rounded to 8 bits, as eval.py
+            outputs[key].append(np.asarray(sr_pil, dtype=np.int16))
+            psnrs[key].append(utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=s)[0])
+    reference = ('torch', 'fp32')
+    result_rows = []
+    for key in models:
+        differences = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs[key], outputs[reference])])
+        result_rows.append({'backend': key[0], 'precision': key[1], 'auto': key == auto_row, 'seconds': seconds[key],
+                            'gflop_per_s': 2 * macs * width * height / seconds[key] / 1e9,
+                            'speedup_vs_torch_fp32': seconds[reference] / seconds[key],
+                            'max_grey_diff': int(differences.max()), 'mean_grey_diff': float(differences.mean()),
+                            'psnr': float(np.mean(psnrs[key])),
+                            'psnr_change': float(np.mean(psnrs[key]) - np.mean(psnrs[reference]))})
+    torch_auto = ('torch', auto_torch)
+    return {'checkpoint': config.precision_checkpoint, 'lr_size': [width, height], 'tile_size': super_resolve.tile_size,
+            'tile_overlap': super_resolve.tile_overlap, 'statistic': f'best of {config.inference_repeats}',
+            'images': config.precision_images, 'n_images': len(paths), 'auto': list(auto_row),
+            'auto_speedup_vs_torch_auto': seconds[torch_auto] / seconds[auto_row] if auto_row in seconds else None,
+            'rows': result_rows, 'notes': notes}
+
+
+def make_test_clip(path, width, height, frames, rate=24):
+    """Write an H.264 clip of moving smooth colour fields with noise (what a real video costs to
+    decode and encode, roughly), `frames` frames at `rate` fps, with PyAV."""
+    import av
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width + 64, height + 64), Image.BICUBIC), dtype=np.float32)
+    with av.open(path, 'w') as container:
+        stream = container.add_stream('libx264', rate=rate, options={'crf': '18'})
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        for index in range(frames):
+            shifted = field[index:index + height, 2 * index:2 * index + width]  # a slow pan
+            pixels = np.clip(shifted + rng.normal(0, 6, shifted.shape), 0, 255).astype(np.uint8)  # (h, w, 3)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def bench_video(config, device, macs, tmp):
+    """Section 7: where a 480p clip's time goes, and its frames per second through super_resolve.py.
+
+    Decoding (all frames to RGB arrays, PyAV with its threads), the model (super_resolve.upscale_frames
+    on each frame with what backend='auto' and precision='auto' run) and encoding (the 4x frames to
+    H.264 at super_resolve.py's CRF, as video.py writes them) are each timed alone, one after the
+    other. Then super_resolve.py upscales the clip with --backend=torch and with the default 'auto'.
+    """
+    import av
+    import backends
+    import super_resolve
+    width, height = config.video_size
+    clip = os.path.join(tmp, f'clip_{height}p.mp4')
+    make_test_clip(clip, width, height, config.video_frames)
+    started = time.perf_counter()
+    with av.open(clip) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = 'AUTO'
+        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]  # (h, w, 3) uint8 each
+    decode_s = time.perf_counter() - started
+    backend = backends.pick_backend(device, 'auto')
+    precision = backends.openvino_precision('auto') if backend == 'openvino' else next(
+        name for name, dtype in runtime.PRECISIONS.items() if dtype == runtime.inference_dtype(device, 'auto'))
+    plain, _ = runtime.load_sr_model(config.precision_checkpoint, device)
+    model = super_resolve.prepare_for_backend(plain, backend, device, precision)
+    s = super_resolve.scaling_factor_of(model)
+    super_resolve.upscale_frames(model, frames[0][None], device, super_resolve.tile_size, super_resolve.tile_overlap)
+    started, sr_frames = time.perf_counter(), []
+    for rgb in frames:
+        sr_frames.append(super_resolve.upscale_frames(model, rgb[None], device, super_resolve.tile_size,
+                                                      super_resolve.tile_overlap)[0])  # (h * s, w * s, 3) uint8
+    model_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with av.open(os.path.join(tmp, 'encoded.mp4'), 'w') as container:
+        stream = container.add_stream('libx264', rate=24, options={'crf': str(super_resolve.video_crf)})
+        stream.width, stream.height, stream.pix_fmt = width * s, height * s, 'yuv420p'
+        for rgb in sr_frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    encode_s = time.perf_counter() - started
+    del sr_frames
+    n = len(frames)
+    result = {'size': [width, height], 'frames': n, 'backend': backend, 'precision': precision,
+              'decode_s_per_frame': decode_s / n, 'model_s_per_frame': model_s / n, 'encode_s_per_frame': encode_s / n,
+              'model_gflop_per_s': 2 * macs * width * height * n / model_s / 1e9, 'script_fps': {}}
+    total = decode_s + model_s + encode_s
+    result['shares'] = {'decode': decode_s / total, 'model': model_s / total, 'encode': encode_s / total}
+    print(f"  video {width}x{height}, {n} frames: decode {decode_s / n * 1000:.0f} ms, model ({backend} {precision}) "
+          f"{model_s / n * 1000:.0f} ms, encode {encode_s / n * 1000:.0f} ms per frame")
+    for name in ('torch', 'auto'):
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            super_resolve.main([f'--input_path={clip}', f'--output_folder={os.path.join(tmp, "sr_" + name)}',
+                                f'--backend={name}', '--denoise=0', f'--device={device}'])
+        result['script_fps'][name] = n / (time.perf_counter() - started)
+        print(f"  super_resolve.py --backend={name}: {result['script_fps'][name]:.3f} frames/s")
+    result['script_speedup'] = result['script_fps']['auto'] / result['script_fps']['torch']
+    return result
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -641,6 +809,34 @@ def print_table(results):
             print(f"   {row['precision']:<11}{row['seconds']:>8.3f}{row['mp_per_s']:>8.3f}{row['speedup']:>8.2f}x"
                   f"{row['max_grey_diff']:>12}{row['mean_grey_diff']:>13.3f}{row['psnr']:>9.3f}"
                   f"{row['psnr_change']:>+9.4f}")
+    backends_section = results.get('backends')
+    if backends_section:
+        (w, h), n = backends_section['lr_size'], backends_section['n_images']
+        peak_name = 'bf16' if 'bf16' in peaks else 'fp32'
+        print(f"\n6. Backends, {backends_section['checkpoint']}: {w}x{h} -> {w * 4}x{h * 4}, tiles of "
+              f"{backends_section['tile_size']}, {backends_section['statistic']}; differences from PyTorch fp32 and "
+              f"PSNR on {n} image(s) of {backends_section['images']}, shrunk 4x")
+        print(f"   {'backend':<10}{'precision':<11}{'s':>7}{'vs fp32':>9}{'of ' + peak_name + ' peak':>14}"
+              f"{'max |diff|':>12}{'mean |diff|':>13}{'PSNR dB':>9}{'change':>9}")
+        for row in backends_section['rows']:
+            share = f"{row['gflop_per_s'] / peaks[peak_name]:.0%}" if peaks.get(peak_name) else ''
+            print(f"   {row['backend']:<10}{row['precision'] + (' (auto)' if row['auto'] else ''):<11}"
+                  f"{row['seconds']:>7.3f}{row['speedup_vs_torch_fp32']:>8.2f}x{share:>14}{row['max_grey_diff']:>12}"
+                  f"{row['mean_grey_diff']:>13.3f}{row['psnr']:>9.3f}{row['psnr_change']:>+9.4f}")
+        if backends_section['auto_speedup_vs_torch_auto']:
+            print(f"   backend='auto' ({' '.join(backends_section['auto'])}) runs "
+                  f"{backends_section['auto_speedup_vs_torch_auto']:.2f}x as fast as PyTorch's precision='auto'")
+    clip = results.get('video')
+    if clip:
+        peak_name = 'bf16' if 'bf16' in peaks else 'fp32'
+        share = f", {clip['model_gflop_per_s'] / peaks[peak_name]:.0%} of the {peak_name} peak" if peaks.get(peak_name) else ''
+        print(f"\n7. Video, {clip['size'][0]}x{clip['size'][1]}, {clip['frames']} frames: per frame decode "
+              f"{clip['decode_s_per_frame'] * 1000:.0f} ms ({clip['shares']['decode']:.0%}), model "
+              f"{clip['model_s_per_frame'] * 1000:.0f} ms ({clip['shares']['model']:.0%}; {clip['backend']} "
+              f"{clip['precision']}, {clip['model_gflop_per_s']:.0f} GFLOP/s{share}), encode "
+              f"{clip['encode_s_per_frame'] * 1000:.0f} ms ({clip['shares']['encode']:.0%})")
+        print(f"   super_resolve.py: {clip['script_fps']['torch']:.3f} frames/s with --backend=torch, "
+              f"{clip['script_fps']['auto']:.3f} with 'auto' ({clip['script_speedup']:.2f}x)")
     for note in results['notes']:
         print(f"note: {note}")
 
@@ -661,7 +857,8 @@ def main(argv):
                'threads': torch.get_num_threads(), 'interop_threads': torch.get_num_interop_threads(),
                'cpu_count': os.cpu_count(), 'load_average_start': load_average(),
                'config': vars(config), 'macs_per_lr_pixel': macs, 'inference': None, 'training': None,
-               'peak_gflop_per_s': None, 'tiling': None, 'precision': None, 'notes': []}
+               'peak_gflop_per_s': None, 'tiling': None, 'precision': None, 'backends': None, 'video': None,
+               'notes': []}
     notes, peaks = results['notes'], {}
     precisions = {'fp32': torch.float32}
     precision, autocast_dtype = training_precision(device)
@@ -671,6 +868,16 @@ def main(argv):
     def measure_peaks():  # the best of every measurement: one is easily cut short on a busy machine
         for name, dtype in precisions.items():
             peaks[name] = max(peaks.get(name, 0.), measure_peak_gflops(device, config.peak_conv_shape, dtype))
+    claimed = {}  # the results file's name, taken by its first write; the later ones replace it
+
+    def save_results(data):
+        if 'path' not in claimed:
+            claimed['path'] = utils.save_json(data, config.results_file, 'replace' if config.overwrite else 'next')
+            if claimed['path'] != config.results_file:
+                print(f"{config.results_file} exists and is kept: writing {claimed['path']}")
+        else:
+            utils.save_json(data, claimed['path'], exists='replace')
+
     # Imported now, not at its first plot: the last training iteration's plot would pay for it.
     import matplotlib.pyplot  # noqa: F401
 
@@ -682,10 +889,11 @@ def main(argv):
             ('inference', lambda: results.update(zip(('inference', 'tiling'), bench_inference(
                 config, device, checkpoint_path, state_dict, model_args, macs)))),
             ('precision', lambda: results.update(precision=bench_precision(config, device))),
+            ('backends', lambda: results.update(backends=bench_backends(config, device, macs))),
+            ('video', lambda: results.update(video=bench_video(config, device, macs, tmp))),
             ('training', lambda: results.update(training=bench_training(
                 config, device, tmp, checkpoint_path, model_args, macs, notes,
-                lambda training: utils.save_json({**results, 'peak_gflop_per_s': peaks, 'training': training},
-                                                 config.results_file)))),
+                lambda training: save_results({**results, 'peak_gflop_per_s': peaks, 'training': training})))),
             ('peak', measure_peaks),  # again at the end
         ]
         for name, run in sections:
@@ -705,8 +913,8 @@ def main(argv):
     results['seconds'] = time.perf_counter() - started
     results['load_average_end'] = load_average()
     print_table(results)
-    utils.save_json(results, config.results_file)
-    print(f"\nWrote {config.results_file} ({results['seconds']:.0f} s)")
+    save_results(results)
+    print(f"\nWrote {claimed['path']} ({results['seconds']:.0f} s)")
     mismatched = [row for row in results['inference'] or [] if not row['max_abs_diff'] <= config.tolerance]
     if mismatched:
         raise AssertionError(f"the project's inference differs from the plain reference by more than "

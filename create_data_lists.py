@@ -20,6 +20,7 @@ min_size: int = 100  # px; smaller images are left out (training crops are 96 px
 val_size: int = 50  # training images held out for validation (val_images.json; 0 = none)
 val_seed: int = 0  # picks the held-out images
 output_folder: str = 'data'  # where the JSON lists go
+overwrite: bool = False  # replace the lists already in output_folder (False: refuse, naming the first)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -29,7 +30,7 @@ def main(argv):
     runtime.require(config.min_size > 0, f"min_size must be positive, got {config.min_size}")
     runtime.require(config.val_size >= 0, f"val_size must be >= 0, got {config.val_size}")
     utils.create_data_lists(config.train_folders, config.test_folders, config.min_size, config.output_folder,
-                            config.val_size, config.val_seed)
+                            config.val_size, config.val_seed, config.overwrite)
 
 
 if __name__ == '__main__':

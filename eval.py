@@ -3,7 +3,7 @@
     python eval.py                                   # bicubic and the SRResNet, on Set5, Set14, BSD100
     python eval.py --models="['bicubic', 'srresnet', 'srgan']" --srgan_checkpoint=runs/srgan/checkpoint_srgan.pth
     python eval.py --models="['bicubic']" --test_data_names="['Set5']" --metrics="['psnr', 'ssim']"
-    python eval.py --results_file=results/eval_results.json   # publish: replace the numbers in results/
+    python eval.py --results_file=results/eval_results.json --overwrite=True   # publish: replace results/'s numbers
     python eval.py --degradation=realistic --test_data_names="['Set14', 'BSD100']" \\
         --models="['bicubic', 'srresnet', 'srresnet_real']" --real_lr_folder=data/RealSRSet   # real photos
     python eval.py --degradation=ladder --test_data_names="['Set14']" --denoise="[0.5, 'auto']" --precision=auto
@@ -44,11 +44,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import backends
 import runtime
 import utils
 from datasets import SRDataset, data_list_path, read_data_list
 from degradations import DEGRADATIONS, LADDER_LEVELS, auto_denoise, damage_levels
-from super_resolve import prepare_for_inference
+from super_resolve import prepare_for_backend
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -73,9 +74,11 @@ srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # a second SRGAN, 
 damage_checkpoint: str = 'checkpoints/damage_x4.pth'  # denoise 'auto': the damage classifier (fit_denoise.py)
 # Output
 results_file: str = 'runs/eval/eval_results.json'  # mean metrics; the per-image CSV goes beside it ('' = none)
+overwrite: bool = False  # replace an existing results_file and its CSV (False: the next free name, eval_results_1.json)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
-precision: str = 'fp32'  # the models' arithmetic: 'fp32' (exact), or 'auto', 'bf16', 'fp16' as in super_resolve.py
+precision: str = 'fp32'  # the models' arithmetic: 'fp32' (exact), or 'auto', 'bf16', 'fp16', 'int8' as in super_resolve.py
+backend: str = 'torch'  # 'torch' (the published numbers), or 'openvino' or 'auto' as in super_resolve.py (faster on a CPU)
 # ----------------------------------------------------------------------------------------------
 
 MODEL_NAMES = ('bicubic', 'srresnet', 'srresnet_real', 'srgan', 'srgan_real')
@@ -155,8 +158,9 @@ class AutoBlend:
     classifier reads from it (degradations.auto_denoise). Blends are made once per distinct value
     (auto_denoise rounds to steps of 0.05)."""
 
-    def __init__(self, blend, texture, device, dtype, damage_checkpoint):
-        self.blend, self.texture, self.device, self.dtype, self.models = blend, texture, device, dtype, {}
+    def __init__(self, blend, texture, device, backend, precision, damage_checkpoint):
+        self.blend, self.texture, self.device, self.models = blend, texture, device, {}
+        self.backend, self.precision = backend, precision
         self.classifier, self.damage_map = runtime.load_damage_model(damage_checkpoint)
         self.denoise = None  # the value of the last image
 
@@ -164,13 +168,17 @@ class AutoBlend:
         """The model for one (3, h, w) LR image in [0, 1]; sets self.denoise."""
         self.denoise = auto_denoise(damage_levels(self.classifier, lr_img), self.damage_map)
         if self.denoise not in self.models:
-            self.models[self.denoise] = ready(self.blend.model(self.denoise, self.texture, self.device), self.dtype)
+            self.models[self.denoise] = ready(self.blend.model(self.denoise, self.texture, self.device), self.backend,
+                                              self.device, self.precision)
         return self.models[self.denoise]
 
 
-def ready(model, dtype):
-    """The model as it is in float32 (the published numbers), else made fast in `dtype`."""
-    return model if dtype == torch.float32 else prepare_for_inference(model, channels_last=True, dtype=dtype)
+def ready(model, backend, device, precision):
+    """The model as it is in float32 on PyTorch (the published numbers), else made fast on `backend`
+    in `precision` (super_resolve.prepare_for_backend)."""
+    if backend == 'torch' and precision == 'fp32':
+        return model
+    return prepare_for_backend(model, backend, device, precision)
 
 
 def measure(sr_img, hr_img, metric_names, crop_border):
@@ -266,9 +274,13 @@ def main(argv):
                       for value in config.denoise]
     runtime.check_blend_value('texture', config.texture)
     runtime.require(len(set(map(str, denoise_values))) == len(denoise_values), f"denoise has repeats: {config.denoise}")
+    if config.results_file:  # refused now, not after the evaluation
+        utils.check_writable(os.path.dirname(os.path.abspath(config.results_file)), 'results_file', create=False)
     device = runtime.pick_device(config.device)
-    dtype = runtime.inference_dtype(device, config.precision)
-    print(f"Device: {device}, precision {next(name for name, d in runtime.PRECISIONS.items() if d == dtype)}")
+    backend = backends.pick_backend(device, config.backend, config.precision)
+    precision = backends.openvino_precision(config.precision) if backend == 'openvino' else next(
+        name for name, dtype in runtime.PRECISIONS.items() if dtype == runtime.inference_dtype(device, config.precision))
+    print(f"Device: {device}, precision {precision}, backend {backend}")
 
     # Everything that can be missing or wrong is checked before any model runs.
     images = {name: read_data_list(data_list_path(config.data_folder, name)) for name in config.test_data_names}
@@ -287,14 +299,14 @@ def main(argv):
         key = model_key(kind, checkpoint, path)
         runtime.require(key not in rows, f"--{model_name}_checkpoint={path} makes a second {row_name(key)} row: "
                                          f"give each model a different checkpoint")
-        rows[key] = (ready(model, dtype), 2 ** len(model.subpixel_convolutional_blocks))  # its own scale
+        rows[key] = (ready(model, backend, device, precision), 2 ** len(model.subpixel_convolutional_blocks))
         print(f"{row_name(key)}: {path} (iteration {checkpoint.get('iteration', '?')}, "
               f"trained on {runtime.degradation_of(checkpoint)} LR images)")
     if denoise_values:
         blend = runtime.load_blend(config, denoise_values, [config.texture])
         for value in denoise_values:
-            model = AutoBlend(blend, config.texture, device, dtype, config.damage_checkpoint) if value == 'auto' \
-                else ready(blend.model(value, config.texture, device), dtype)
+            model = AutoBlend(blend, config.texture, device, backend, precision, config.damage_checkpoint) \
+                if value == 'auto' else ready(blend.model(value, config.texture, device), backend, device, precision)
             rows['blend ' + runtime.blend_label(value, config.texture)[len('SRResNet '):]] = \
                 (model, blend.args['scaling_factor'])
         print(f"Blends: {', '.join(map(str, config.denoise))} at texture {config.texture:g}, of {blend.paths}")
@@ -368,14 +380,17 @@ def main(argv):
         print(f"\nNIQE (lower is better) of the SR images of the real photos in {config.real_lr_folder}\n")
         print(markdown_table(results, [real_name], ['niqe'], paper_rows=False))
     if config.results_file:
-        utils.save_json(results, config.results_file)
-        csv_file = os.path.splitext(config.results_file)[0] + '.csv'
-        with utils.atomic_write(csv_file, 'w', newline='') as f:
+        exists = 'replace' if config.overwrite else 'next'  # the name is claimed when the file is complete
+        results_file = utils.save_json(results, config.results_file, exists)
+        if results_file != config.results_file:
+            print(f"{config.results_file} exists and is kept: wrote {results_file} instead")
+        csv_file = os.path.splitext(results_file)[0] + '.csv'
+        with utils.atomic_write(csv_file, 'w', newline='', exists=exists) as f:
             writer = csv.writer(f)
             auto = 'auto' in config.denoise  # the denoise value chosen for each image, in a last column
             writer.writerow(['model', 'set', 'image'] + config.metrics + ['denoise'] * auto)
             writer.writerows(row if auto else row[:-1] for row in csv_rows)
-        print(f"\nResults saved to {config.results_file} and {csv_file}")
+        print(f"\nResults saved to {results_file} and {f.final_path}")
     return results
 
 

@@ -5,6 +5,7 @@ or a browser (onnxruntime-web).
     python export_onnx.py --checkpoint=checkpoints/srresnet_x4.pth --output=srresnet_x4.onnx
     python export_onnx.py --checkpoint=checkpoints/srgan_mse_x4.pth      # its generator -> srgan_mse_x4.onnx
     python export_onnx.py --denoise=0.5 --texture=0.3     # a blend of the shipped models -> srresnet_d0.5_t0.3_x4.onnx
+    python export_onnx.py --for_web=True     # the browser page's models -> web/models/*.onnx and models.json
 
 The file keeps the contract other super-resolution tools expect, so that it runs without this
 project's code: one input 'lr', float32 RGB in [0, 1], NCHW, and one output 'sr', float32 RGB in
@@ -27,21 +28,28 @@ stamped with IR version 8, opset 18's own, so onnxruntime 1.14 (2023) and newer 
 Before it reports success, the script runs the file in onnxruntime at each of `check_sizes` and
 compares it with this project's PyTorch forward pass of the plain, unrewritten network: the file
 is written under its name only if every output agrees within `tolerance`.
+
+--for_web=True writes the models of the browser page (web/): each of the four shipped checkpoints
+(and each of `web_blends`), exported and checked as above, then with its weights stored in float16
+and cast back to float32 inside the graph, which halves the file (3.4 MB instead of 6.6) and
+leaves the arithmetic in float32. Each half-weight file is written only if its output, rounded to
+8 bits, is within `web_grey_levels` of the float32 file's at every check size; then a manifest,
+models.json, names the files, their labels and sizes for the page's menu.
 """
 import copy
-import inspect
+import json
 import os
-import warnings
+import tempfile
 
 import numpy as np
 import onnx
 import onnxruntime
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import runtime
 import utils
+from backends import ZeroOneSR, export_model  # the graph, which backend 'openvino' compiles too
 from models import freeze_shuffled_convolutions
 from super_resolve import model_label, prepare_for_inference, scaling_factor_of
 
@@ -55,44 +63,18 @@ srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # denoise 1,
 srgan_checkpoint: str = 'checkpoints/srgan_mse_x4.pth'  # denoise 0, texture 1
 srgan_real_checkpoint: str = 'checkpoints/srgan_real_x4.pth'  # denoise 1, texture 1
 output: str = ''  # the ONNX file ('' = the checkpoint's name (a blend's corner, or srresnet_d<d>_t<t>_x4) with .onnx)
+overwrite: bool = False  # replace an existing output file (never a checkpoint it reads); False: refuse, naming it
 # Export
 opset: int = 18  # ONNX opset: the lowest torch.onnx writes without converting (onnxruntime 1.14 and newer)
 check_sizes: list = [[64, 48], [37, 23]]  # [width, height] LR inputs the file is checked at, at batch 2
 tolerance: float = 1e-3  # largest allowed |onnxruntime - PyTorch| on the [0, 1] outputs (a quarter grey level)
 seed: int = 0  # the check images
+# Browser page
+for_web: bool = False  # write the browser page's models (the four checkpoints above) to web_folder instead
+web_folder: str = 'web/models'  # for_web: <name>.onnx with float16 weights, and the page's menu, models.json
+web_blends: list = []  # for_web: [denoise, texture] blends offered too, e.g. [[0.5, 0.3]] (3.4 MB each)
+web_grey_levels: int = 1  # for_web: largest allowed |float16 - float32 weights| of the 8-bit outputs
 # ----------------------------------------------------------------------------------------------
-
-
-class ZeroOneSR(nn.Module):
-    """An SRResNet between RGB images in [0, 1], the contract of SR models outside this project.
-
-    (N, 3, h, w) RGB in [0, 1] -> (N, 3, h * s, w * s) RGB in [0, 1].
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, lr_imgs):
-        lr_imgs = utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm')  # as the network was trained
-        sr_imgs = self.model(lr_imgs)  # (N, 3, h * s, w * s), in [-1, 1]
-        return utils.convert_image(sr_imgs, source='[-1, 1]', target='[0, 1]')  # (N, 3, h * s, w * s), in [0, 1]
-
-
-def export_model(model, opset):
-    """The ONNX ModelProto of ZeroOneSR(model), with a dynamic batch, height and width, written by
-    torch.onnx's torch.export-based exporter (its TorchScript-based one is deprecated)."""
-    if 'dynamic_shapes' not in inspect.signature(torch.onnx.export).parameters:
-        raise runtime.ConfigError(f"this PyTorch ({torch.__version__}) has no torch.export-based ONNX exporter: "
-                                  f"export_onnx.py needs a newer one (it was tested with 2.14)")
-    example = torch.rand(2, 3, 24, 32)  # neither side 1: torch.export would fix a dimension of size 1
-    batch, height, width = (torch.export.Dim(name) for name in ('batch', 'height', 'width'))
-    with warnings.catch_warnings():  # torch.export's notes on what it traced; the check below is what counts
-        warnings.simplefilter('ignore')
-        program = torch.onnx.export(ZeroOneSR(model).eval(), (example,), dynamo=True, opset_version=opset,
-                                    input_names=['lr'], output_names=['sr'],
-                                    dynamic_shapes={'lr_imgs': {0: batch, 2: height, 3: width}}, verbose=False)
-    return program.model_proto
 
 
 def check_images(sizes, seed):
@@ -125,6 +107,8 @@ def onnxruntime_differences(model_bytes, reference, batches):
 def main(argv):
     """Export the checkpoint's network, check the file in onnxruntime, then write it; returns its path."""
     config = runtime.parse_config(globals(), argv)
+    if config.for_web:
+        return export_for_web(config, argv)
     runtime.require(config.tolerance > 0, f"tolerance must be > 0, got {config.tolerance}")
     runtime.require(config.check_sizes and all(isinstance(size, list) and len(size) == 2 and min(size) >= 1
                                                for size in config.check_sizes),
@@ -149,6 +133,10 @@ def main(argv):
             kind = runtime.blend_label(denoise, texture)
     stem = os.path.splitext(os.path.basename(source))[0] if state else f'srresnet_d{denoise:g}_t{texture:g}_x{scaling_factor_of(plain)}'
     output_path = config.output or stem + '.onnx'
+    sources = [config.checkpoint] if config.checkpoint else blend.paths  # never written over
+    if os.path.exists(output_path) and not config.overwrite:  # said now, before the export's work
+        raise FileExistsError(f"{output_path} exists and is kept (--overwrite=True replaces it)")
+    utils.check_writable(os.path.dirname(os.path.abspath(output_path)), 'output')
     s = scaling_factor_of(plain)
     print(f"Model: {kind} x{s}, {source} (iteration {state.get('iteration', '?')})")
 
@@ -175,11 +163,104 @@ def main(argv):
     if not max(differences) <= config.tolerance:
         raise ValueError(f"the exported model differs from PyTorch's by {max(differences):.2e}, over the "
                          f"tolerance {config.tolerance}: {output_path} was not written")
-    with utils.atomic_write(output_path) as f:
+    with utils.atomic_write(output_path, exists='replace' if config.overwrite else 'refuse', inputs=sources) as f:
         f.write(model_bytes)
     print(f"Wrote {output_path} ({len(model_bytes) / 1e6:.1f} MB, opset {config.opset}, dynamic batch, height "
           f"and width; operators {', '.join(operators)})")
     return output_path
+
+
+# ----------------------------------------------------------------------------------------------
+# The browser page's models (--for_web=True)
+# ----------------------------------------------------------------------------------------------
+
+WEB_MANIFEST = 'models.json'  # in web_folder: what the page's model menu lists
+
+
+def with_half_weights(proto):
+    """The ModelProto with every float32 weight stored as float16 and cast back to float32 by a Cast
+    node in front of the graph: half the bytes to download, the same float32 arithmetic (onnxruntime
+    folds the casts when it loads the file)."""
+    half = copy.deepcopy(proto)
+    weights = [w for w in half.graph.initializer if w.data_type == onnx.TensorProto.FLOAT]
+    casts = []
+    for weight in weights:
+        values = onnx.numpy_helper.to_array(weight).astype(np.float16)  # rounds each weight once
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name + '_fp16'))
+        casts.append(onnx.helper.make_node('Cast', [weight.name], [weight.name[:-len('_fp16')]],
+                                           to=onnx.TensorProto.FLOAT))
+    nodes = casts + list(half.graph.node)  # a graph lists its nodes in an order that runs
+    del half.graph.node[:]
+    half.graph.node.extend(nodes)
+    onnx.checker.check_model(half, full_check=True)
+    return half
+
+
+def grey_level_difference(model_bytes, reference_bytes, batches):
+    """max |a - b| of two ONNX files' outputs rounded to 8 bits, over the batches ([0, 1] RGB)."""
+    sessions = [onnxruntime.InferenceSession(b, providers=['CPUExecutionProvider'])
+                for b in (model_bytes, reference_bytes)]
+    worst = 0
+    for lr_imgs in batches:
+        actual, expected = (np.round(s.run(['sr'], {'lr': lr_imgs.numpy()})[0] * 255.) for s in sessions)
+        worst = max(worst, int(np.abs(actual - expected).max()))
+    return worst
+
+
+def export_for_web(config, argv):
+    """Write the page's models to web_folder: each of the four checkpoints (and web_blends) exported
+    and checked by main(), its weights halved, checked again, then the manifest; returns its path."""
+    runtime.require(not config.checkpoint and config.denoise == config.texture == 0 and not config.output,
+                    "--for_web=True writes the four shipped models and web_blends to --web_folder: leave out "
+                    "checkpoint, denoise, texture and output")
+    runtime.require(all(isinstance(b, list) and len(b) == 2 for b in config.web_blends),
+                    f"web_blends must be a list of [denoise, texture] pairs, got {config.web_blends}")
+    passed = [arg for arg in argv if arg.split('=')[0] not in
+              ('--for_web', '--web_folder', '--web_blends', '--web_grey_levels')]  # main's own options
+    jobs = [(os.path.splitext(os.path.basename(getattr(config, key)))[0], [f'--checkpoint={getattr(config, key)}'])
+            for key in runtime.CORNER_KEYS]  # (name, main's arguments): srresnet_x4, ...
+    jobs += [(f'srresnet_d{float(d):g}_t{float(t):g}_x4', [f'--denoise={float(d)}', f'--texture={float(t)}'])
+             for d, t in config.web_blends]
+    manifest_path = os.path.join(config.web_folder, WEB_MANIFEST)
+    # Files this script wrote before (the manifest and what it lists) are replaced; any other file
+    # is kept unless --overwrite=True, and that is said now, before the export's work.
+    ours = set()
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            ours = {WEB_MANIFEST} | {entry['file'] for entry in json.load(f)['models']}
+    foreign = [os.path.join(config.web_folder, file) for file in [name + '.onnx' for name, _ in jobs] + [WEB_MANIFEST]
+               if file not in ours and os.path.exists(os.path.join(config.web_folder, file))]
+    if foreign and not config.overwrite:
+        raise FileExistsError(f"{foreign[0]} exists and {manifest_path} does not list it: it is kept "
+                              f"(--overwrite=True replaces it)")
+    rule = {True: 'replace', False: 'refuse'}  # atomic_write's rule for a file that is ours, or not
+    batches = check_images(config.check_sizes, config.seed)
+    models = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, arguments in jobs:
+            fp32_path = main(arguments + passed + [f'--output={os.path.join(folder, name + ".onnx")}'])
+            proto = onnx.load(fp32_path)
+            half_bytes = with_half_weights(proto).SerializeToString()
+            difference = grey_level_difference(half_bytes, proto.SerializeToString(), batches)
+            print(f"Float16 weights: {len(half_bytes) / 1e6:.1f} MB, max |float16 - float32| = {difference} "
+                  f"grey level(s) of the 8-bit output")
+            if difference > config.web_grey_levels:
+                raise ValueError(f"{name}: float16 weights move the output by {difference} grey levels, over "
+                                 f"web_grey_levels={config.web_grey_levels}: nothing was written")
+            label = proto.doc_string.split(' x')[0]  # main's name for it: 'SRResNet', 'SRGAN-MSE-real', ...
+            s = int(next(prop.value for prop in proto.metadata_props if prop.key == 'scaling_factor'))
+            models.append((name, label, s, half_bytes))
+    written = []  # every file is checked before the first is written
+    for name, label, s, half_bytes in models:
+        path = os.path.join(config.web_folder, name + '.onnx')
+        with utils.atomic_write(path, exists=rule[name + '.onnx' in ours or config.overwrite]) as f:
+            f.write(half_bytes)
+        written.append({'name': name, 'label': label, 'file': name + '.onnx', 'bytes': len(half_bytes),
+                        'scaling_factor': s, 'weights': 'float16'})
+        print(f"Wrote {path}")
+    utils.save_json({'models': written}, manifest_path, exists=rule[WEB_MANIFEST in ours or config.overwrite])
+    print(f"Wrote {manifest_path}: {', '.join(entry['name'] for entry in written)}")
+    return manifest_path
 
 
 if __name__ == '__main__':

@@ -53,6 +53,7 @@ srresnet_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # the blend's denoise-
 srresnet_real_checkpoint: str = 'checkpoints/srresnet_real_x4.pth'  # its denoise-1 corner
 out_dir: str = 'runs/fit_denoise'  # the classifier, the validation grid and the report
 output: str = 'runs/fit_denoise/damage_x4.pth'  # the fitted file (super_resolve.py's damage_checkpoint)
+overwrite: bool = False  # replace what an earlier fit left in out_dir and output (False: refuse, naming it)
 print_freq: int = 250  # iterations between log lines
 # System
 precision: str = 'auto'  # the grid's arithmetic (eval.py's precision; bf16 moves PSNR by about 0.001 dB)
@@ -138,6 +139,13 @@ def main(argv):
     config = runtime.parse_config(globals(), argv)
     runtime.require(config.iterations > 0 and config.batch_size > 0, "iterations and batch_size must be > 0")
     model_args = {'n_levels': len(LADDER_LEVELS), 'n_channels': config.n_channels}
+    will_write = [config.output, os.path.splitext(config.output)[0] + '.json'] \
+        + [os.path.join(config.out_dir, name) for name, given in (('classifier.pth', config.classifier),
+                                                                  ('val_grid.json', config.grid_file),
+                                                                  ('val_grid.csv', config.grid_file)) if not given]
+    for path in will_write:  # refused now, not after an hour of work
+        runtime.require(config.overwrite or not os.path.exists(path),
+                        f"{path} exists and is kept: choose another --out_dir or --output, or --overwrite=True")
     if config.classifier:
         state = runtime.load_checkpoint(config.classifier, 'cpu', ('model', 'model_args'), kind='damage classifier')
         model, model_args = DamageNet(**state['model_args']), state['model_args']
@@ -147,16 +155,16 @@ def main(argv):
     else:
         model, classifier_config = train_classifier(config), vars(config)
         runtime.save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'config': vars(config)},
-                                os.path.join(config.out_dir, 'classifier.pth'))
+                                os.path.join(config.out_dir, 'classifier.pth'), exists='replace')
 
     grid_file = config.grid_file or os.path.join(config.out_dir, 'val_grid.csv')
-    if not config.grid_file:
+    if not config.grid_file:  # its name was checked free, or the user said --overwrite=True
         evaluate.main([f'--data_folder={config.data_folder}', f"--test_data_names=['{config.val_data_name}']",
                        "--degradation=ladder", "--models=['bicubic']", f"--denoise={config.grid}",
                        "--metrics=['psnr']", f'--precision={config.precision}',
                        f'--srresnet_checkpoint={config.srresnet_checkpoint}',
                        f'--srresnet_real_checkpoint={config.srresnet_real_checkpoint}',
-                       f'--results_file={os.path.splitext(grid_file)[0]}.json'])
+                       f'--results_file={os.path.splitext(grid_file)[0]}.json', '--overwrite=True'])
     curves = read_grid(grid_file, config.grid)
 
     keys, probabilities = [], []
@@ -193,8 +201,8 @@ def main(argv):
               f"{report['levels'][level]['each_image_best']:.3f} dB")
     state = {'model': model.state_dict(), 'model_args': model_args, 'levels': list(LADDER_LEVELS),
              **damage_map, 'config': vars(config), 'classifier_config': classifier_config}
-    runtime.save_checkpoint(state, config.output)
-    utils.save_json(report, os.path.splitext(config.output)[0] + '.json')
+    runtime.save_checkpoint(state, config.output, exists='replace')  # checked free at the start, or --overwrite
+    utils.save_json(report, os.path.splitext(config.output)[0] + '.json', exists='replace')
     print(f"Level denoise values: {dict(zip(LADDER_LEVELS, [round(v, 3) for v in damage_map['level_denoise']]))}, "
           f"power {damage_map['power']:.3f}; saved {config.output} and its report")
     return state

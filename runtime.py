@@ -29,20 +29,35 @@ class ConfigError(ValueError):
     """A constant or command-line value that cannot work; the message says which and why."""
 
 
+INTERRUPTED = ("interrupted: every file reported as written is complete and kept; the one being written was "
+               "not kept (nothing is left under its name, and its temporary file is removed); a training run "
+               "resumes from its last checkpoint with --checkpoint")
+
+
+def error_line(error):
+    """One line that says what went wrong, naming the file where the error has one."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror:  # not the project's own messages
+        message = f"cannot write or read {error.filename}: {error.strerror}"
+    return ' '.join(message.split())
+
+
 def run_script(main, script_file):
     """Run a script's main(sys.argv[1:]), turning the project's expected errors into one line.
 
     Bad paths, values, lists and checkpoints (FileNotFoundError, ValueError) and failed writes
     (OSError: a full disk, a read-only folder) print `script: error: message` on stderr and exit
-    with code 1, with no traceback; anything else is a bug and keeps its traceback.
+    with code 1, with no traceback; an interrupt (Ctrl-C) prints what was kept and exits with
+    130, as a shell does. Anything else is a bug and keeps its traceback.
     """
+    script = os.path.basename(script_file)
     try:
         main(sys.argv[1:])
+    except KeyboardInterrupt:
+        print(f"\n{script}: {INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)
     except (OSError, ValueError, TrainingDiverged) as error:
-        message = str(error) or type(error).__name__
-        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
-            message = f"cannot write or read {error.filename}: {error.strerror}"
-        sys.exit(f"{os.path.basename(script_file)}: error: {' '.join(message.split())}")
+        sys.exit(f"{script}: error: {error_line(error)}")
 
 
 def require(condition, message):
@@ -117,6 +132,10 @@ def pick_device(name='auto'):
         raise ConfigError(f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda' or 'cuda:1')") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but this machine has no CUDA GPU (try device='auto' or 'cpu')")
+    backend = getattr(torch.backends, device.type, None) if device.type == 'mps' else getattr(torch, device.type, None)
+    if device.type not in ('cpu', 'cuda') and not (backend is not None and backend.is_available()):
+        raise ConfigError(f"device {name!r} asked for, but this machine has no {device.type} device "
+                          f"(try device='auto' or 'cpu')")
     if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
@@ -245,10 +264,12 @@ def set_rng_states(states):
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
 
-def save_checkpoint(state, path):
-    """torch.save through atomic_write, so that a crash or a kill never leaves a torn checkpoint."""
-    with utils.atomic_write(path) as f:
+def save_checkpoint(state, path, exists='refuse'):
+    """torch.save through atomic_write, so that a crash or a kill never leaves a torn checkpoint.
+    exists: as for utils.atomic_write ('replace' for a run's own checkpoint). Returns the path taken."""
+    with utils.atomic_write(path, exists=exists) as f:
         torch.save(state, f)
+    return f.final_path
 
 
 def load_checkpoint(path, map_location='cpu', required_keys=(), kind='checkpoint'):
@@ -525,18 +546,17 @@ def load_weights(model, path, model_args):
     print(f"Weights initialised from {path} (iteration {state.get('iteration', '?')}), with a fresh optimizer")
 
 
-def export_for_inference(path, out_path):
+def export_for_inference(path, out_path, exists='refuse'):
     """Write the small file that ships a trained model: its generator weights in float16 with
     model_args, iteration, config, best_psnr and train_seconds; no optimizer, no discriminator.
-    Returns out_path."""
+    exists: as for utils.atomic_write. Returns the path written."""
     state = load_checkpoint(path, 'cpu', ('model_args', 'iteration', 'config'), kind='training checkpoint')
     key = weights_key(state)
     small = {key: {name: tensor.half() if tensor.is_floating_point() else tensor
                    for name, tensor in state[key].items()}}
     small.update({name: state[name] for name in ('model_args', 'iteration', 'config', 'best_psnr', 'train_seconds')
                   if name in state})
-    save_checkpoint(small, out_path)
-    return out_path
+    return save_checkpoint(small, out_path, exists)
 
 
 def unwrap(model):
@@ -656,11 +676,16 @@ def check_training_config(config):
                 f"degradation must be one of {degradations.DEGRADATIONS}, got {config.degradation!r}")
 
 
-def refuse_to_overwrite(path, overwrite):
-    """A fresh run must not destroy an earlier run's checkpoint at `path` unless told to."""
+def refuse_to_overwrite(path, overwrite, others=()):
+    """A fresh run must not destroy an earlier run's checkpoint at `path`, or the other files it
+    will write (`others`: its log, its plot), unless told to: from here on they are the run's own."""
     if os.path.exists(path) and not overwrite:
         raise ConfigError(f"{path} holds an earlier run. Resume it with --checkpoint={path}, start elsewhere "
                           f"with --out_dir=..., or replace it with --overwrite=True")
+    for other in others:
+        if os.path.exists(other) and not overwrite:
+            raise ConfigError(f"{other} exists and is kept: start elsewhere with --out_dir=..., or replace it "
+                              f"with --overwrite=True")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -784,7 +809,7 @@ class TrainingLog:
         self._write()
 
     def _write(self):
-        with utils.atomic_write(self.path, 'w', newline='') as f:
+        with utils.atomic_write(self.path, 'w', newline='', exists='replace') as f:  # the run's own (refuse_to_overwrite)
             writer = csv.DictWriter(f, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(self.rows)
@@ -811,7 +836,7 @@ class TrainingLog:
             if ax.lines:
                 ax.legend()
         fig.tight_layout()
-        utils.save_figure(fig, os.path.splitext(self.path)[0] + '.png')  # atomic: a kill leaves no torn PNG
+        utils.save_figure(fig, os.path.splitext(self.path)[0] + '.png', exists='replace')  # the run's own
         plt.close(fig)
 
 

@@ -43,18 +43,25 @@ from its header alone, before its pixels are decoded.
 
 Videos (.mp4, .mkv, .mov, .avi, .webm, ...; read and written with PyAV, whose wheel bundles
 FFmpeg) are upscaled frame by frame through the same tiled path, `video_batch` frames at a time,
-and streamed: one batch of frames is in memory, whatever the video's length. The output is H.264
-at quality `video_crf`, in the input's container (MP4 for one that cannot hold H.264, such as
-WebM), with the input's frames, their timestamps (so its frame rate, and its sync with the sound)
-and its pixel aspect ratio. Each audio stream is copied packet for packet where the container
-takes its codec, else re-encoded as AAC. A progress bar shows frames per second and the time left.
-The container work (decoding, the encoder's settings, the sound, the check for a truncated file)
-is video.py's.
+and streamed: a few batches are in memory, whatever the video's length, and decoding and
+encoding run on threads of their own beside the model. The output is H.264 at quality
+`video_crf`, in the input's container (MP4 for one that cannot hold it well, such as WebM or
+AVI), with the input's frames, their timestamps (so its frame rate, and its sync with the sound),
+its pixel aspect ratio, rotation and colour tags. Each audio stream is copied packet for packet
+where the container takes its codec, else re-encoded as AAC; subtitles are copied where the
+container holds them, else left out with a note. Animated GIF, PNG and WebP images become
+animated PNGs, every frame at its own duration. A progress bar shows frames per second and the
+time left. The container work (decoding, the encoder's settings, the sound, the check for a
+truncated file) is video.py's.
 
 `precision` picks the arithmetic: 'auto' is fp16 on CUDA, bf16 on a CPU with AMX and fp32
 elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most 0.0011 dB and a
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
 than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
+`backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
+graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.34-1.58x PyTorch's
+bf16 on a 2-core Xeon with AMX, bf16 within 10 grey levels of fp32), PyTorch elsewhere. Only
+OpenVINO takes precision 'int8' (NNCF, calibrated on data/val_images.json; never chosen by 'auto').
 
 Outputs are named after their input: photo.jpg -> photo_x4.png (or photo_compare.png), clip.mp4
 -> clip_x4.mp4. Two rules keep every output apart, and each file written is printed:
@@ -62,8 +69,9 @@ Outputs are named after their input: photo.jpg -> photo_x4.png (or photo_compare
     clip.webm) keep their extension in it: a_png_x4.png and a_jpg_x4.png;
   - an existing file is never overwritten: the output takes the first free name of a_x4_1.png,
     a_x4_2.png, ... So running `python super_resolve.py` twice writes outputs/chelsea_x4.png,
-    then outputs/chelsea_x4_1.png. (The check is made just before each write: two runs writing
-    into one folder at the same moment could still race.)
+    then outputs/chelsea_x4_1.png. The name is claimed when the file is complete, by a rename
+    that fails on a taken name, so two runs writing into one folder at once never lose a file.
+    `--overwrite=True` replaces outputs of the same name instead; an input is never replaced.
 Given a folder, files named like this script's outputs (*_x2.png, *_x4.png, *_x8.png,
 *_compare.png, *_x4.mp4 and the like, with or without a _N) are not read as inputs, and the
 script says so: an output folder can be the input folder. Every file is written atomically (a
@@ -81,24 +89,25 @@ import collections
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageSequence
 from tqdm import tqdm
 
+import backends
 import degradations
 import runtime
 import utils
 import video
-from models import fold_batchnorm, inplace_activations, shuffle_last_convolution
+from models import fold_batchnorm, freeze_shuffled_convolutions, inplace_activations, shuffle_last_convolution
 
 # ----------------------------------------------------------------------------------------------
 # Data
 input_path: str = 'examples/chelsea.png'  # an image or video file, or a folder of them
 output_folder: str = 'outputs'  # outputs go here: <name>_x4.png (upscale) or <name>_compare.png, <name>_x4.mp4
+overwrite: bool = False  # replace an existing output of the same name (False: take the next free name, <name>_x4_1.png)
 mode: str = 'upscale'  # 'upscale': each image x4; 'compare': downscale, restore, compare in a grid;
 #                        'compare_real': a real LR photo x4 by bicubic and each model, side by side;
 #                        'sweep': a real LR photo x4 by bicubic and the blend at each of sweep_values
@@ -124,7 +133,9 @@ video_crf: int = 18  # H.264 quality (x264's CRF): 0 lossless, 18 visually near-
 video_batch: int = 0  # frames per model call (0 = 8 on a GPU, 1 elsewhere)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
-precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX, else fp32), 'fp32', 'bf16' or 'fp16'
+backend: str = 'auto'  # 'auto' (OpenVINO on a CPU where it is installed, else PyTorch), 'torch' or 'openvino'
+precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX, else fp32), 'fp32', 'bf16', 'fp16'
+#                          or 'int8' (backend 'openvino' only; calibrated on data/val_images.json, see backends.py)
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +186,19 @@ def prepare_for_inference(model, channels_last=True, dtype=torch.float32):
     return model.to(dtype)
 
 
+def prepare_for_backend(model, backend, device, precision, channels_last=True):
+    """A plain model made fast on `backend` ('torch' or 'openvino', from backends.pick_backend).
+
+    'torch': prepare_for_inference's model, computing in runtime.inference_dtype(device, precision).
+    'openvino': that network as export_onnx.py exports it (float32, NCHW, its shuffled convolution
+    frozen), compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
+    """
+    if backend == 'openvino':
+        exportable = freeze_shuffled_convolutions(prepare_for_inference(model, channels_last=False))
+        return backends.OpenVINOModel(exportable, precision)
+    return prepare_for_inference(model, channels_last, runtime.inference_dtype(device, precision))
+
+
 def srgan_label(checkpoint):
     """The paper's name for an SRGAN, from its content loss: 'SRGAN-VGG54', 'SRGAN-VGG22' or 'SRGAN-MSE'.
 
@@ -201,15 +225,17 @@ class BlendedModels:
     for, made fast for inference once (auto_denoise rounds to steps of 0.05, so a folder of
     photos needs a few). Blending costs milliseconds once, and nothing per image."""
 
-    def __init__(self, blend, device, channels_last, dtype):
-        self.blend, self.device, self.channels_last, self.dtype = blend, device, channels_last, dtype
+    def __init__(self, blend, device, channels_last, backend, precision):
+        self.blend, self.device, self.channels_last = blend, device, channels_last
+        self.backend, self.precision = backend, precision
         self.models = {}
 
     def __call__(self, denoise, texture):
         """The fast model of the blend at (denoise, texture)."""
         if (denoise, texture) not in self.models:
             plain = self.blend.model(denoise, texture, self.device)  # float32, BatchNorm statistics blended too
-            self.models[denoise, texture] = prepare_for_inference(plain, self.channels_last, self.dtype)
+            self.models[denoise, texture] = prepare_for_backend(plain, self.backend, self.device, self.precision,
+                                                                self.channels_last)
         return self.models[denoise, texture]
 
 
@@ -451,16 +477,6 @@ def output_names(paths, suffix):
     return names
 
 
-def unused_path(path):
-    """`path` if no file has that name, else the first free one of <root>_1<ext>, <root>_2<ext>, ..."""
-    root, extension = os.path.splitext(path)
-    candidate, n = path, 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = f'{root}_{n}{extension}'
-    return candidate
-
-
 def output_size(width, height, mode, halve, s, panels=3):
     """(width, height) of what `mode` makes of a width x height input: its upscale; for 'compare',
     the grid of the largest crop whose sides divide by s, four panels of it; for 'compare_real',
@@ -518,17 +534,49 @@ def read_input(path, mode, halve, s, max_megapixels, panels=3):
             raise unreadable(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
 
 
-def check_writable(folder):
-    """Create the output folder if needed, and fail now, not after the first image, if it cannot
-    be written (an OSError naming the folder)."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ValueError(f"output_folder {folder!r} is a file, not a folder")
-    os.makedirs(folder, exist_ok=True)
+ANIMATION_FORMATS = ('GIF', 'PNG', 'WEBP')  # Pillow formats whose files can hold an animation
+
+
+def is_animation(path):
+    """Whether a file is an animated image (GIF, PNG or WebP with more than one frame)."""
     try:
-        with tempfile.TemporaryFile(dir=folder):  # nameless where the OS allows, and removed at once
-            pass
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, folder) from None
+        with Image.open(path) as img:
+            return img.format in ANIMATION_FORMATS and getattr(img, 'n_frames', 1) > 1
+    except Exception:  # not an image: read_input says so
+        return False
+
+
+def upscale_animation(model, path, out_path, device, tile_size, tile_overlap, max_megapixels, exists, inputs):
+    """Super-resolve every frame of an animated GIF, PNG or WebP into an animated PNG s times larger.
+
+    Each frame is shown for its own duration and the animation loops as the input's does. APNG is
+    lossless and plays in every current browser; a GIF would lose the colours to a 256-colour
+    palette. Every frame is held until the file is written (Pillow's APNG writer needs them all),
+    so the frames' outputs together must stay under max_megapixels. Returns (the path written, a
+    description). Raises BadImage for a file that cannot be read or is too large.
+    """
+    s = scaling_factor_of(model)
+    try:
+        with Image.open(path) as img:
+            count, loop = img.n_frames, img.info.get('loop', 0)
+            problem = size_problem(img.width * count, img.height, 'upscale', False, s, max_megapixels)
+            if problem:
+                raise BadImage(f"{path}: its {count} frames of {img.width}x{img.height} px together: {problem}")
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(img):  # each frame whole, as the animation shows it
+                rgba = frame.convert('RGBA')  # decoded now: WebP sets a frame's duration only then
+                durations.append(frame.info.get('duration', 100))  # 100 ms: browsers' usual default
+                frames.append(upscale_image(model, rgba, device, tile_size, tile_overlap))
+    except BadImage:
+        raise
+    except Exception as error:  # Pillow raises many kinds of errors on a bad frame
+        raise BadImage(f"{path}: not a readable animation ({type(error).__name__}: {error})") from None
+    with utils.atomic_write(out_path, exists=exists, inputs=inputs) as f:
+        # disposal 0, blend 0: each frame replaces the last whole, as it was composed from the input
+        frames[0].save(f, format='PNG', save_all=True, append_images=frames[1:], duration=durations, loop=loop,
+                       disposal=0, blend=0)
+    return f.final_path, (f"an animated PNG of {count} frames of {frames[0].width}x{frames[0].height}, "
+                          f"{sum(durations) / 1000:.2f} s, from {img.width}x{img.height}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,7 +604,7 @@ def upscale_frames(model, rgb_frames, device, tile_size, tile_overlap):
 
 @torch.inference_mode()
 def upscale_video(model, path, out_path, device, tile_size, tile_overlap, crf=video_crf, batch_size=1,
-                  max_megapixels=max_output_megapixels, progress=True):
+                  max_megapixels=max_output_megapixels, progress=True, exists='refuse', inputs=()):
     """Super-resolve every frame of a video into an H.264 video s times larger, keeping its sound.
 
     Args:
@@ -569,13 +617,16 @@ def upscale_video(model, path, out_path, device, tile_size, tile_overlap, crf=vi
         batch_size: frames per model call.
         max_megapixels: refuse a video whose frames' outputs are larger (size_problem), from its header.
         progress: show a progress bar over the frames, with frames per second and the time left.
+        exists, inputs: as for utils.atomic_write (what to do if out_path is taken when the video is done).
 
-    The frames are streamed (one batch in memory), keep their timestamps, pixel aspect ratio and
-    colours, and the sound is copied or re-encoded as AAC: video.py says how. The file is written
-    under a temporary name and renamed when it is complete.
+    The frames are streamed (a few batches in memory; decoding and encoding overlap the model),
+    keep their timestamps, pixel aspect ratio, rotation and colours, and the sound and subtitles
+    are kept: video.py says how. The file is written under a temporary name and takes its own
+    when it is complete.
 
     Returns {'frames': frames written, 'size': the input's (width, height), 'rate': its frame
-    rate, 'audio': what became of each audio stream}. Raises video.BadVideo for a file that
+    rate, 'audio': what became of each audio stream, 'notes': what was left out or changed,
+    'path': the file written}. Raises video.BadVideo for a file that
     FFmpeg cannot read or write, one without a video stream, frames too large, or a video that
     ends before its header says (truncated).
     """
@@ -592,20 +643,20 @@ def upscale_video(model, path, out_path, device, tile_size, tile_overlap, crf=vi
         with tqdm(total=source.expected_frames, desc=os.path.basename(path), unit='frame', leave=False,
                   disable=not progress, dynamic_ncols=True,
                   bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]') as bar:
-            result = video.write_upscaled(source, out_path, upscale, s, crf, batch_size, on_batch=bar.update)
-    return {'frames': result['frames'], 'size': (width, height), 'rate': source.rate, 'audio': result['audio']}
+            result = video.write_upscaled(source, out_path, upscale, s, crf, batch_size, on_batch=bar.update,
+                                          exists=exists, inputs=inputs)
+    return {**result, 'size': (width, height), 'rate': source.rate}
 
 
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
 
-def _free_path(planned_path):
-    """unused_path(planned_path), saying so when an existing file keeps the planned name."""
-    out_path = unused_path(planned_path)
+def report_written(planned_path, out_path, what, after=''):
+    """Print where an output went, saying so when an existing file kept the planned name."""
     if out_path != planned_path:
-        tqdm.write(f"{planned_path} exists and is kept: writing {out_path} instead")
-    return out_path
+        tqdm.write(f"{planned_path} exists and is kept: wrote {out_path} instead")
+    tqdm.write(f"Wrote {out_path} ({what}){after}")
 
 
 def main(argv):
@@ -627,7 +678,8 @@ def main(argv):
     runtime.require(config.output_folder != '', "output_folder must not be empty ('.' is the current folder)")
     runtime.require(0 <= config.video_crf <= 51, f"video_crf must be in 0..51 (x264's scale), got {config.video_crf}")
     runtime.require(config.video_batch >= 0, f"video_batch must be >= 0 (0 = automatic), got {config.video_batch}")
-    runtime.inference_dtype(torch.device('cpu'), config.precision)  # checks the name before anything is written
+    # The backend and its precision are checked before anything is written.
+    backend = backends.pick_backend(runtime.pick_device(config.device), config.backend, config.precision)
     denoise, texture = parse_denoise(config.denoise), runtime.check_blend_value('texture', config.texture)
     blending = config.mode in ('upscale', 'sweep') and not config.checkpoint  # else one model, as it is
     runtime.require((denoise == 'auto' and texture == 0) or blending,
@@ -642,12 +694,15 @@ def main(argv):
     runtime.require(config.mode != 'sweep' or sweep_values, "sweep_values is empty: nothing to show")
     if not os.path.exists(config.input_path):
         raise FileNotFoundError(f"input not found: {config.input_path!r}")
-    check_writable(config.output_folder)
+    utils.check_writable(config.output_folder, 'output_folder')
     utils.remove_stale_temporaries(config.output_folder)  # what a killed run was writing, never a finished output
     device = runtime.pick_device(config.device)
-    dtype = runtime.inference_dtype(device, config.precision)
+    precision = backends.openvino_precision(config.precision) if backend == 'openvino' else next(
+        name for name, dtype in runtime.PRECISIONS.items() if dtype == runtime.inference_dtype(device, config.precision))
     video_batch = config.video_batch or (8 if device.type == 'cuda' else 1)
-    print(f"Device: {device}, precision {next(name for name, d in runtime.PRECISIONS.items() if d == dtype)}")
+    missing_openvino = device.type == 'cpu' and not backends.openvino_installed()
+    print(f"Device: {device}, precision {precision}, backend {backend}"
+          + (f" (OpenVINO runs faster on a CPU: {backends.OPENVINO_HINT})" if missing_openvino else ''))
 
     first_path = config.checkpoint or config.srresnet_checkpoint  # the model of a run without a blend
     blended, damage = None, None
@@ -660,7 +715,7 @@ def main(argv):
             raise FileNotFoundError(f"{error}: the blend's corners are --srresnet_checkpoint, "
                                     f"--srresnet_real_checkpoint, --srgan_checkpoint and --srgan_real_checkpoint "
                                     f"(or pass one model file with --checkpoint=PATH)") from None
-        blended = BlendedModels(blend, device, config.channels_last, dtype)
+        blended = BlendedModels(blend, device, config.channels_last, backend, precision)
         auto = denoise == 'auto' and not (config.mode == 'sweep' and config.sweep == 'denoise')  # read per input
         damage = runtime.load_damage_model(config.damage_checkpoint) if auto else None
         sr_model = blended(0. if denoise_range[0] == 'auto' else denoise_range[0], texture_range[0])  # checks it builds
@@ -675,12 +730,12 @@ def main(argv):
             raise FileNotFoundError(f"{error}. {runtime.train_hint(config.model)} and pass the checkpoint it "
                                     f"writes with --checkpoint=PATH (the README says where the repository's "
                                     f"trained SRResNet comes from).") from None
-        sr_model = prepare_for_inference(sr_model, config.channels_last, dtype)
+        sr_model = prepare_for_backend(sr_model, backend, device, precision, config.channels_last)
         model_name = model_label(sr_checkpoint, first_path)
     srgan, srgan_name = None, 'SRGAN'
     if config.mode == 'compare' and config.srgan_checkpoint:
         srgan, srgan_checkpoint = runtime.load_sr_model(config.srgan_checkpoint, device, kind='srgan')
-        srgan = prepare_for_inference(srgan, config.channels_last, dtype)
+        srgan = prepare_for_backend(srgan, backend, device, precision, config.channels_last)
         srgan_name = model_label(srgan_checkpoint, config.srgan_checkpoint)
     real_models = [(model_name, sr_model)]  # compare_real: the grid's models, beside bicubic
     if config.mode == 'compare_real' and config.second_checkpoint:
@@ -689,7 +744,7 @@ def main(argv):
                         f"--second_checkpoint={config.second_checkpoint} is x{scaling_factor_of(second)}, "
                         f"{first_path} x{scaling_factor_of(sr_model)}: a grid compares one scaling factor")
         real_models.append((model_label(second_checkpoint, config.second_checkpoint),
-                            prepare_for_inference(second, config.channels_last, dtype)))
+                            prepare_for_backend(second, backend, device, precision, config.channels_last)))
     if blended is None:
         print(f"Model: {model_name}, {first_path}" + (f"; {srgan_name}, {config.srgan_checkpoint}" if srgan else '')
               + (f"; {real_models[1][0]}, {config.second_checkpoint}" if len(real_models) > 1 else ''))
@@ -697,6 +752,8 @@ def main(argv):
         print("No --srgan_checkpoint given: the grid's SRGAN panel holds a note instead")
 
     paths, earlier_outputs = _input_files(config.input_path)
+    if not paths:
+        raise ValueError(f"{config.input_path}: holds no file to upscale")
     if earlier_outputs:
         print(f"Not reading {len(earlier_outputs)} file(s) named like this script's outputs as inputs: "
               f"{', '.join(os.path.basename(path) for path in earlier_outputs)}")
@@ -708,60 +765,67 @@ def main(argv):
             stem = os.path.splitext(os.path.basename(path))[0]
             print(f"{os.path.basename(path)} -> {names[path]}: another input is also named {stem!r}")
 
+    exists = 'replace' if config.overwrite else 'next'  # the name is claimed when the file is complete
     written, not_images, failed = [], [], []
     for path in tqdm(paths, desc='inputs', unit='file', disable=len(paths) == 1):
         planned_path = os.path.join(config.output_folder, names[path])
-        if is_video(path):
-            if config.mode != 'upscale':
-                tqdm.write(f"Skipping {path}: a video (mode {config.mode!r} takes images)")
-                not_images.append(path)
-                continue
-            try:
+        if is_video(path) and config.mode != 'upscale':
+            tqdm.write(f"Skipping {path}: a video (mode {config.mode!r} takes images)")
+            not_images.append(path)
+            continue
+        try:
+            if is_video(path):
                 model = sr_model if blended is None else blended(
                     denoise if denoise != 'auto' else report_auto(path, *choose_denoise(
                         *damage, video.first_frames(path, AUTO_VIDEO_FRAMES))), texture)  # one value: no flicker
-                out_path = _free_path(planned_path)  # chosen before the first frame: writing takes a while
                 started = time.perf_counter()
-                result = upscale_video(model, path, out_path, device, config.tile_size, config.tile_overlap,
-                                       config.video_crf, video_batch, config.max_output_megapixels)
-            except video.BadVideo as error:
-                tqdm.write(f"Failed: {error}")
-                failed.append(path)
+                result = upscale_video(model, path, planned_path, device, config.tile_size, config.tile_overlap,
+                                       config.video_crf, video_batch, config.max_output_megapixels,
+                                       exists=exists, inputs=paths)
+                (width, height), frames = result['size'], result['frames']
+                report_written(planned_path, result['path'], (
+                    f"{frames} frames of {width * s}x{height * s}, from {width}x{height}, "
+                    f"{float(result['rate']):.3g} fps; audio: {', '.join(result['audio']) or 'none'}"
+                    + ''.join(f"; {note}" for note in result['notes'])),
+                    f" at {frames / (time.perf_counter() - started):.2f} frames/s")
+                written.append(result['path'])
                 continue
-            (width, height), frames = result['size'], result['frames']
-            tqdm.write(f"Wrote {out_path} ({frames} frames of {width * s}x{height * s}, from {width}x{height}, "
-                       f"{float(result['rate']):.3g} fps; audio: {', '.join(result['audio']) or 'none'}) "
-                       f"at {frames / (time.perf_counter() - started):.2f} frames/s")
+            if config.mode == 'upscale' and is_animation(path):
+                if damage:  # one value for every frame, read from the first: no flicker
+                    with Image.open(path) as first:
+                        denoise_value = report_auto(path, *choose_denoise(*damage, first.convert('RGB')))
+                model = sr_model if blended is None else blended(denoise_value if damage else denoise, texture)
+                out_path, what = upscale_animation(model, path, planned_path, device, config.tile_size,
+                                                   config.tile_overlap, config.max_output_megapixels, exists, paths)
+                report_written(planned_path, out_path, what)
+                written.append(out_path)
+                continue
+            img, jpeg_table = read_input(path, 'compare_real' if config.mode == 'sweep' else config.mode,
+                                         config.halve, s, config.max_output_megapixels,
+                                         1 + len(sweep_values or real_models))
+            image_denoise = report_auto(path, *choose_denoise(*damage, img, jpeg_table)) if damage else denoise
+            if config.mode == 'upscale':
+                model = sr_model if blended is None else blended(image_denoise, texture)
+                out_img = upscale_image(model, img, device, config.tile_size, config.tile_overlap, progress=True)
+            elif config.mode == 'sweep':
+                points = [(value, texture) if config.sweep == 'denoise' else (image_denoise, value)
+                          for value in sweep_values]
+                out_img = visualize_real(img, [(runtime.blend_label(*point), blended(*point)) for point in points],
+                                         config.tile_size, config.tile_overlap)
+            elif config.mode == 'compare_real':
+                out_img = visualize_real(img, real_models, config.tile_size, config.tile_overlap)
+            else:
+                out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap,
+                                       srgan_name)
+            out_path = utils.save_image(out_img, planned_path, exists, inputs=paths)  # atomic: never a torn PNG
+            report_written(planned_path, out_path, f"{out_img.width}x{out_img.height}, from {img.width}x{img.height}")
             written.append(out_path)
-            continue
-        try:
-            img, jpeg_table = read_input(path, 'compare_real' if config.mode == 'sweep' else config.mode, config.halve,
-                                         s, config.max_output_megapixels, 1 + len(sweep_values or real_models))
         except NotAnImage as error:
             tqdm.write(f"Skipping {error}")
             not_images.append(path)
-            continue
-        except BadImage as error:
-            tqdm.write(f"Failed: {error}")
+        except (BadImage, video.BadVideo, utils.OutputIsInput, OSError) as error:  # this file's, not the run's
+            tqdm.write(f"Failed: {runtime.error_line(error)}")
             failed.append(path)
-            continue
-        image_denoise = report_auto(path, *choose_denoise(*damage, img, jpeg_table)) if damage else denoise
-        if config.mode == 'upscale':
-            model = sr_model if blended is None else blended(image_denoise, texture)
-            out_img = upscale_image(model, img, device, config.tile_size, config.tile_overlap, progress=True)
-        elif config.mode == 'sweep':
-            points = [(value, texture) if config.sweep == 'denoise' else (image_denoise, value) for value in sweep_values]
-            out_img = visualize_real(img, [(runtime.blend_label(*point), blended(*point)) for point in points],
-                                     config.tile_size, config.tile_overlap)
-        elif config.mode == 'compare_real':
-            out_img = visualize_real(img, real_models, config.tile_size, config.tile_overlap)
-        else:
-            out_img = visualize_sr(img, sr_model, srgan, config.halve, config.tile_size, config.tile_overlap,
-                                   srgan_name)
-        out_path = _free_path(planned_path)
-        utils.save_image(out_img, out_path)  # atomic: never a truncated PNG
-        tqdm.write(f"Wrote {out_path} ({out_img.width}x{out_img.height}, from {img.width}x{img.height})")
-        written.append(out_path)
 
     if not_images:
         print(f"Skipped {len(not_images)} file(s) that are not images: {', '.join(not_images)}")

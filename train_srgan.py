@@ -106,7 +106,8 @@ def main(argv):
         runtime.require(trained_with == config.content_loss, f"{config.checkpoint} was trained with "
                         f"content_loss={trained_with!r}, not {config.content_loss!r}: resume with the same")
     else:
-        runtime.refuse_to_overwrite(latest_path, config.overwrite)
+        others = [os.path.join(config.out_dir, f'log_srgan.{ext}') for ext in ('csv', 'png')]
+        runtime.refuse_to_overwrite(latest_path, config.overwrite, others)  # then they are this run's own
         state = runtime.load_checkpoint(config.srresnet_checkpoint, 'cpu', ('model', 'model_args'),
                                         kind='SRResNet checkpoint')
     model_args = state['model_args']
@@ -176,7 +177,7 @@ def main(argv):
             'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
             'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
             'train_seconds': monitor.train_seconds, 'model_args': model_args,
-            'discriminator_args': discriminator_args, 'config': vars(config)}, path)
+            'discriminator_args': discriminator_args, 'config': vars(config)}, path, exists='replace')
 
     def autocast():
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
@@ -239,7 +240,7 @@ def main(argv):
                 save(iteration, latest_path)  # first, so a failing validation loses nothing
                 if config.snapshots:  # a GAN is chosen among these by looking and by NIQE, not by PSNR
                     snapshot = os.path.join(config.out_dir, f'generator_{iteration:06d}.pth')  # sorts by iteration
-                    runtime.export_for_inference(latest_path, snapshot)
+                    runtime.export_for_inference(latest_path, snapshot, exists='replace')
                 monitor.plot({'generator losses': ['content_loss', 'adversarial_loss'],
                               'discriminator loss': ['discriminator_loss'], 'validation PSNR (dB)': ['val_psnr']})
             if val_dataset is not None and (iteration % config.val_freq == 0 or iteration == config.iterations):

@@ -100,7 +100,8 @@ def main(argv):
         if is_main:
             print(f"Resuming {config.checkpoint} at iteration {start_iteration}")
     else:
-        runtime.refuse_to_overwrite(latest_path, config.overwrite)
+        others = [os.path.join(config.out_dir, f'log_srresnet.{ext}') for ext in ('csv', 'png')] + [best_path]
+        runtime.refuse_to_overwrite(latest_path, config.overwrite, others)  # then they are this run's own
         if is_main and os.path.exists(best_path):
             os.remove(best_path)  # an earlier run's (--overwrite): its best_psnr would outlive this run's
         if config.init_weights:
@@ -136,7 +137,7 @@ def main(argv):
         runtime.save_checkpoint({'model': runtime.unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
                                  'scaler': scaler.state_dict(), 'rng': runtime.rng_states(), 'iteration': iteration,
                                  'best_psnr': best_psnr, 'train_seconds': monitor.train_seconds,
-                                 'model_args': model_args, 'config': vars(config)}, path)
+                                 'model_args': model_args, 'config': vars(config)}, path, exists='replace')
 
     model.train()
     for iteration, (lr_imgs, hr_imgs) in enumerate(batches, start=start_iteration + 1):

@@ -6,11 +6,14 @@ writing outputs safely. runtime.py holds how a run is driven.
 Importing this module picks no device, creates no tensor and reads no file.
 """
 import contextlib
+import errno
 import functools
+import itertools
 import json
 import math
 import os
 import random
+import re
 import tempfile
 import warnings
 
@@ -300,7 +303,7 @@ def _image_size(path):
         return None
 
 
-def create_data_lists(train_folders, test_folders, min_size, output_folder, val_size=0, val_seed=0):
+def create_data_lists(train_folders, test_folders, min_size, output_folder, val_size=0, val_seed=0, overwrite=False):
     """Write the JSON lists of image paths that SRDataset reads.
 
     Args:
@@ -313,6 +316,8 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, val_
             out, and removes an earlier val_images.json from output_folder.
         val_seed: picks the held-out images; the same folders and seed give the same split on
             any machine, since the choice is made on the sorted list.
+        overwrite: replace lists already in output_folder (else a FileExistsError names the first,
+            before any image is read).
 
     Files that are not decodable images are skipped with a warning; the counts are printed.
     Returns {list file name: number of images}.
@@ -335,6 +340,12 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, val_
                     kept.append(os.path.abspath(path))
         return sorted(kept), n_small, n_bad
 
+    names = (['train_images.json', 'val_images.json'] if train_folders else []) + \
+        [f"{os.path.basename(os.path.normpath(folder))}_test_images.json" for folder in test_folders]
+    taken = [name for name in names if os.path.exists(os.path.join(output_folder, name))]
+    if taken and not overwrite:
+        raise FileExistsError(f"{os.path.join(output_folder, taken[0])} exists and is kept "
+                              f"(--overwrite=True replaces the lists)")
     lists, notes = {}, {}
     if train_folders:
         paths, n_small, n_bad = usable(train_folders)
@@ -356,7 +367,7 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, val_
         os.remove(stale_val_list)  # an earlier split's: its images are training images now
         print(f"Removed {stale_val_list}: val_size=0 holds no images out of training")
     for list_name, paths in lists.items():
-        with atomic_write(os.path.join(output_folder, list_name), 'w') as f:
+        with atomic_write(os.path.join(output_folder, list_name), 'w', exists='replace') as f:  # checked above
             json.dump(paths, f, indent=0)
         print(f"{list_name}: {len(paths)} images{notes[list_name]}")
     print(f"Lists saved to {output_folder}")
@@ -615,74 +626,174 @@ def labelled_grid(panels, columns, missing=()):
 # Writing outputs safely
 # ----------------------------------------------------------------------------------------------
 
-TMP_PREFIX = '.tmp_'  # temporary files are named .tmp_<pid>_<random><suffix>, beside their target
+# Every file this project writes goes through atomic_write: it is written under a temporary name
+# beside its target, and takes its own name only when complete, by a rename that never replaces
+# a file the user did not ask to replace. Temporaries are named .srtmp-<pid>-<8 random><extension>,
+# a form only this project makes, so a clean-up can never take a user's file for one of ours.
+TMP_PREFIX = '.srtmp-'
+_TMP_NAME = re.compile(r'\.srtmp-(\d+)-[a-z0-9_]{8}(\.[A-Za-z0-9]{1,10})?')
+EXISTS_RULES = ('refuse', 'next', 'replace')
+
+
+def numbered_path(path, n):
+    """<root>_<n><ext>: the n-th name tried for `path` when a file already has it (n = 0: `path`)."""
+    root, extension = os.path.splitext(path)
+    return f'{root}_{n}{extension}' if n else path
+
+
+def _link_no_replace(tmp_path, path):
+    """Give the complete file at tmp_path the name `path`, atomically, unless a file has it (then
+    FileExistsError): a hard link, which fails on an existing name, then the temporary's removal."""
+    try:
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a disk without hard links (FAT, some network shares): claim the name, then fill it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))  # FileExistsError if taken
+        os.replace(tmp_path, path)
+        return
+    os.remove(tmp_path)
+
+
+class OutputIsInput(ValueError):
+    """An output would be written over a file that the run reads."""
+
+
+def _is_input(path, inputs):
+    """Whether `path` is one of the files `inputs` names (the same file, under any name)."""
+    return os.path.exists(path) and any(os.path.exists(p) and os.path.samefile(path, p) for p in inputs)
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode='wb', newline=None):
-    """Open a temporary file beside `path`; on success, os.replace it onto `path`.
+def atomic_write(path, mode='wb', newline=None, exists='refuse', inputs=()):
+    """Open a temporary file beside `path`; when the block ends without an error, give it its name.
 
-    A crash, a kill or a full disk midway leaves the old `path` as it was (or no file), never a
-    torn one; on an error the temporary file is removed and the error goes on. The temporary
-    name carries this process's id, so remove_stale_temporaries can tell a dead run's leftovers.
+    Args:
+        path: the file to write.
+        mode, newline: as for open ('wb', or 'w' for text).
+        exists: what happens if a file has that name when the writing is done (not when it started,
+            so a file that appears meanwhile is never lost): 'refuse' (FileExistsError, the default),
+            'next' (take the first free name of <root>_1<ext>, <root>_2<ext>, ...) or 'replace' (for
+            a file this run wrote itself, or one the user named with --overwrite=True).
+        inputs: files this run reads: never replaced, whatever `exists` says (ValueError).
+
+    After the block, the file object's `final_path` is the name the file took. A crash, a kill, an
+    interrupt or a full disk midway leaves no file under the name and removes the temporary, so
+    nothing torn is ever left; the temporary's name carries this process's id, so that
+    remove_stale_temporaries can tell a killed run's leftovers.
     """
+    if exists not in EXISTS_RULES:
+        raise ValueError(f"exists must be one of {EXISTS_RULES}, got {exists!r}")
+    if _is_input(path, inputs):
+        raise OutputIsInput(f"{path} is an input of this run: it is never written over")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'{TMP_PREFIX}{os.getpid()}_', suffix=suffix)
+    suffix = os.path.splitext(path)[1] if re.fullmatch(r'\.[A-Za-z0-9]{1,10}', os.path.splitext(path)[1]) else ''
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=suffix)
+    except OSError as error:  # named after the file asked for, not the temporary
+        raise OSError(error.errno, error.strerror, path) from None
     try:
         with os.fdopen(fd, mode, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
         os.chmod(tmp_path, 0o644)  # mkstemp makes files private; outputs are ordinary files
-        os.replace(tmp_path, path)
-    except BaseException:
+        if exists == 'replace':
+            if _is_input(path, inputs):  # checked again: the name may have changed hands meanwhile
+                raise OutputIsInput(f"{path} is an input of this run: it is never written over")
+            os.replace(tmp_path, path)
+            f.final_path = path
+            return
+        for n in itertools.count():
+            try:
+                _link_no_replace(tmp_path, numbered_path(path, n))
+                f.final_path = numbered_path(path, n)
+                return
+            except FileExistsError:
+                if exists == 'refuse':
+                    raise FileExistsError(f"{path} exists and is kept (--overwrite=True replaces it)") from None
+    except BaseException as error:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(error, OSError) and not error.filename and error.errno:  # a full disk: say which file
+            raise OSError(error.errno, error.strerror, path) from None
         raise
 
 
-def save_image(img, path):
-    """Save a PIL image atomically, in the format its file extension names."""
+def check_writable(folder, option, create=True):
+    """Create a run's output folder if needed (create=False: only look whether it could be), and
+    fail now, not after an hour of work, if it cannot be written: a ValueError naming the option,
+    or an OSError naming the folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{option} {folder!r} is a file, not a folder")
+    if not create:
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):  # the folder that would hold the ones to make
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ValueError(f"{option}: {existing!r} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, f"Permission denied (--{option})", existing)
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # nameless where the OS allows, and removed at once
+            pass
+    except OSError as error:
+        raise OSError(error.errno, f"{error.strerror} (--{option})", folder) from None
+
+
+def save_image(img, path, exists='refuse', inputs=()):
+    """Save a PIL image atomically, in the format its file extension names; returns the path it
+    took (`exists` and `inputs` as for atomic_write)."""
     extension = os.path.splitext(path)[1].lower()
     image_format = Image.registered_extensions().get(extension)
     if image_format is None:
         raise ValueError(f"{path}: {extension!r} is not an image format Pillow can write")
-    with atomic_write(path) as f:
+    with atomic_write(path, exists=exists, inputs=inputs) as f:
         img.save(f, format=image_format)
+    return f.final_path
 
 
-def save_json(obj, path):
-    """Write JSON atomically, indented for people to read."""
-    with atomic_write(path, 'w') as f:
+def save_json(obj, path, exists='refuse'):
+    """Write JSON atomically, indented for people to read; returns the path it took."""
+    with atomic_write(path, 'w', exists=exists) as f:
         json.dump(obj, f, indent=2)
         f.write('\n')
+    return f.final_path
 
 
-def save_figure(fig, path):
-    """Save a matplotlib figure atomically (the format from the extension)."""
-    with atomic_write(path) as f:
+def save_figure(fig, path, exists='refuse'):
+    """Save a matplotlib figure atomically (the format from the extension); returns the path it took."""
+    with atomic_write(path, exists=exists) as f:
         fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=100)
+    return f.final_path
 
 
 def remove_stale_temporaries(folder):
-    """Delete the temporary files that a killed process left in `folder`; returns their paths.
+    """Delete the temporary files that a killed run of this project left in `folder`; returns their paths.
 
-    Only files named by atomic_write whose process is no longer alive are removed: a run that is
-    still writing keeps its own.
+    Only plain files named exactly as atomic_write names them, whose process is gone, are
+    removed: a run that is still writing keeps its own, and a user's file or folder that merely
+    starts with the same characters is never touched.
     """
     removed = []
     if not os.path.isdir(folder):
         return removed
     for name in os.listdir(folder):
-        if not name.startswith(TMP_PREFIX):
+        match = _TMP_NAME.fullmatch(name)
+        path = os.path.join(folder, name)
+        if match is None or not os.path.isfile(path) or os.path.islink(path):
             continue
-        pid_text = name[len(TMP_PREFIX):].split('_', 1)[0]
-        if pid_text.isdigit() and (int(pid_text) == os.getpid() or _process_alive(int(pid_text))):
+        pid = int(match.group(1))
+        if pid == os.getpid() or _process_alive(pid):
             continue  # still being written
-        os.remove(os.path.join(folder, name))
-        removed.append(os.path.join(folder, name))
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another run cleaned it first
+            continue
+        removed.append(path)
     if removed:
         print(f"Removed {len(removed)} temporary file(s) left by an interrupted run in {folder}")
     return removed

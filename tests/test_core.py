@@ -492,7 +492,10 @@ def test_create_data_lists_holds_out_a_validation_split(tmp_path, capsys):
                                     val_size=val_size)
     assert not (tmp_path / 'd').exists()
     # No hold-out: no val list, not even an earlier split's, whose images are training images now.
-    assert utils.create_data_lists([str(folder)], [], 16, str(tmp_path / 'a')) == {'train_images.json': 12}
+    with pytest.raises(FileExistsError, match='train_images.json exists and is kept'):
+        utils.create_data_lists([str(folder)], [], 16, str(tmp_path / 'a'))
+    counts = utils.create_data_lists([str(folder)], [], 16, str(tmp_path / 'a'), overwrite=True)  # asked for
+    assert counts == {'train_images.json': 12}
     assert sorted(os.listdir(tmp_path / 'a')) == ['train_images.json']
     # The script refuses a negative size.
     with pytest.raises(ConfigError, match='val_size must be >= 0'):
@@ -685,7 +688,9 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / 'checkpoints' / 'srresnet.pth'  # the folder does not exist yet
     save_checkpoint({'model': {'weight': torch.ones(3)}, 'iteration': 1}, str(path))
     assert os.listdir(path.parent) == ['srresnet.pth']
-    save_checkpoint({'model': {'weight': torch.full((3,), 2.)}, 'iteration': 2}, str(path))  # overwrite
+    with pytest.raises(FileExistsError, match='srresnet.pth exists and is kept'):  # unless asked to
+        save_checkpoint({'model': {'weight': torch.full((3,), 2.)}, 'iteration': 2}, str(path))
+    save_checkpoint({'model': {'weight': torch.full((3,), 2.)}, 'iteration': 2}, str(path), exists='replace')
     assert os.listdir(path.parent) == ['srresnet.pth']
 
     real_save = torch.save
@@ -695,7 +700,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
             raise failure
         monkeypatch.setattr(torch, 'save', failing_save)
         with pytest.raises(type(failure)):
-            save_checkpoint({'model': {'weight': torch.zeros(3)}, 'iteration': 3}, str(path))
+            save_checkpoint({'model': {'weight': torch.zeros(3)}, 'iteration': 3}, str(path), exists='replace')
         monkeypatch.undo()
         assert os.listdir(path.parent) == ['srresnet.pth']  # no temporary file left behind
         checkpoint = load_checkpoint(str(path), required_keys=('model', 'iteration'))
@@ -810,13 +815,19 @@ def test_remove_stale_temporaries_keeps_what_live_processes_write(tmp_path):
     sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     try:
         assert sleeper.pid != dead
-        names = {'dead': f'.tmp_{dead}_abc.pth', 'alive': f'.tmp_{sleeper.pid}_def.pth',
-                 'mine': f'.tmp_{os.getpid()}_ghi.csv', 'checkpoint': 'checkpoint_srresnet.pth'}
+        names = {'dead': f'.srtmp-{dead}-abc_1234.pth', 'alive': f'.srtmp-{sleeper.pid}-def_1234.pth',
+                 'mine': f'.srtmp-{os.getpid()}-ghi_1234.csv', 'checkpoint': 'checkpoint_srresnet.pth',
+                 # A user's files that only look like ours: never touched.
+                 'users': f'.tmp_{dead}_abc.pth', 'longer': f'.srtmp-{dead}-abc_1234.pth.bak',
+                 'shorter': f'.srtmp-{dead}-abc.pth', 'no pid': '.srtmp-x-abc_1234.pth'}
         for name in names.values():
             (tmp_path / name).write_bytes(b'partial')
+        (tmp_path / f'.srtmp-{dead}-folder12').mkdir()  # a folder named like a temporary: kept, and no error
+        os.symlink(tmp_path / 'checkpoint_srresnet.pth', tmp_path / f'.srtmp-{dead}-alink123.pth')  # a link: kept
         removed = utils.remove_stale_temporaries(str(tmp_path))
         assert removed == [str(tmp_path / names['dead'])]
-        assert sorted(os.listdir(tmp_path)) == sorted(name for key, name in names.items() if key != 'dead')
+        assert sorted(os.listdir(tmp_path)) == sorted([name for key, name in names.items() if key != 'dead']
+                                                      + [f'.srtmp-{dead}-folder12', f'.srtmp-{dead}-alink123.pth'])
     finally:
         sleeper.kill()
         sleeper.wait()

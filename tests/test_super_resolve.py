@@ -397,7 +397,7 @@ def test_existing_files_are_never_overwritten_nor_outputs_read_again(checkpoint,
     assert sorted(os.listdir(folder)) == ['a.png', 'a_x4.png', 'a_x4_1.png', 'a_x4_2.png']
     assert (folder / 'a_x4.png').read_bytes() == users_file
     report = capsys.readouterr().out
-    assert f"{folder / 'a_x4.png'} exists and is kept: writing {folder / 'a_x4_1.png'} instead" in report
+    assert f"{folder / 'a_x4.png'} exists and is kept: wrote {folder / 'a_x4_1.png'} instead" in report
     assert "Not reading 2 file(s) named like this script's outputs as inputs: a_x4.png, a_x4_1.png" in report
     # A compare run reads neither kind of output back either.
     assert run_main(args + ['--mode=compare']) == [str(folder / 'a_compare.png')]
@@ -413,7 +413,7 @@ def test_the_default_run_succeeds_twice_without_overwriting(tmp_path, monkeypatc
     assert_same_image(Image.open(out / 'chelsea_x4.png'), Image.open(out / 'chelsea_x4_1.png'))
 
 
-def test_a_failed_write_leaves_no_truncated_png(checkpoint, tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_truncated_png(checkpoint, tmp_path, monkeypatch, capsys):
     def save_until_the_disk_is_full(img, fp, format=None, **params):
         partial = b'\x89PNG\r\n\x1a\n' + b'\0' * 100
         if isinstance(fp, (str, os.PathLike)):
@@ -426,9 +426,11 @@ def test_a_failed_write_leaves_no_truncated_png(checkpoint, tmp_path, monkeypatc
     textured_image(9, 6).save(img_path)
     out = tmp_path / 'out'
     monkeypatch.setattr(Image.Image, 'save', save_until_the_disk_is_full)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(ValueError, match='1 of 1 input file'):
         run_main([f'--input_path={img_path}', f'--output_folder={out}', f'--checkpoint={checkpoint}'])
     assert os.listdir(out) == []  # neither a torn photo_x4.png nor a temporary file
+    # The file is named: a folder run reports it and goes on with the others.
+    assert f"Failed: cannot write or read {out / 'photo_x4.png'}: No space left on device" in capsys.readouterr().out
 
 
 def test_huge_images_are_refused_from_their_header_and_the_others_go_on(checkpoint, tmp_path, monkeypatch, capsys):
@@ -621,7 +623,7 @@ def test_errors_print_one_line_and_exit_with_status_1(checkpoint, tmp_path):
     blocked = run(f'--input_path={img_path}', f'--output_folder={tmp_path / "a_file" / "sr"}')
     assert blocked.returncode == 1
     assert blocked.stderr.splitlines() == [f"super_resolve.py: error: cannot write or read "
-                                           f"{tmp_path / 'a_file' / 'sr'}: Not a directory"]
+                                           f"{tmp_path / 'a_file' / 'sr'}: Not a directory (--output_folder)"]
     folder = tmp_path / 'inputs'
     folder.mkdir()
     textured_image(2, 2).save(folder / 'tiny.png')

@@ -387,10 +387,10 @@ def test_stale_temporaries_go_when_a_run_starts_or_resumes(tiny_data, tmp_path):
     finished.wait()  # its id now names no process
     sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
     try:
-        alive = f'.tmp_{sleeper.pid}_writing.pth'  # another run, still writing into the same folder
+        alive = f'.srtmp-{sleeper.pid}-writing1.pth'  # another run, still writing into the same folder
         for stage, args in (('start', []), ('resume', [f'--checkpoint={tmp_path / "checkpoint_srresnet.pth"}',
                                                        '--iterations=2'])):
-            dead = f'.tmp_{finished.pid}_{stage}.pth'  # what a killed run left
+            dead = f'.srtmp-{finished.pid}-{stage:_<8}.pth'  # what a killed run left
             (tmp_path / dead).write_bytes(b'torn checkpoint')
             (tmp_path / alive).write_bytes(b'half written')
             train_srresnet.main(TINY_SRRESNET + [f'--data_folder={tiny_data}', f'--out_dir={tmp_path}',

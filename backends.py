@@ -1,0 +1,299 @@
+"""Inference backends: the ONNX graph that runtimes outside PyTorch read, and OpenVINO's compiled model.
+
+A trained generator runs on one of two backends (super_resolve.py's and eval.py's `backend`):
+  - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
+  - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
+    Intel's inference runtime for CPUs (`pip install openvino`; only an Intel CPU was measured),
+    in fp32, bf16 (on a CPU with AMX) or int8 (quantised by NNCF, `pip install nncf`, calibrated
+    on the validation images).
+'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.34-1.58x faster in OpenVINO bf16 than in
+PyTorch bf16, and 1.10-1.18x in fp32 (bench.py's 'backends' section; results/README.md).
+
+This file is separate from runtime.py, which drives a run (config, device, checkpoints,
+training), because compiling a model for another runtime is a job of its own, and because
+super_resolve.py, eval.py and export_onnx.py all need the exported graph: kept in export_onnx.py,
+a script built on super_resolve.py, super_resolve.py could not import it without a circle.
+Importing this module imports neither onnx nor openvino: they are imported where they are used.
+"""
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+
+import torch
+from PIL import Image
+from torch import nn
+
+import runtime
+import utils
+
+BACKENDS = ('auto', 'torch', 'openvino')
+OPENVINO_PRECISIONS = ('auto', 'fp32', 'bf16', 'int8')  # what backend 'openvino' takes (fp16 is for CUDA)
+OPENVINO_HINT = "pip install openvino"
+INT8_HINT = "pip install nncf"
+EXPORT_OPSET = 18  # export_onnx.py's default opset (the lowest torch.onnx writes itself)
+# The exported graphs, made once per model (5 s) and kept, named by a hash of the weights (and, for
+# int8, of the calibration images): a folder of this project's own, where no user file is overwritten.
+OPENVINO_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'runs', 'openvino_cache')  # git ignores runs/
+CALIBRATION_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'val_images.json')
+CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test set)
+CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
+# Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 cost 0.043 dB (SRResNet) and
+# 0.029 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 47 and 135 grey levels
+# (bf16: 10), for 1.17-1.25x bf16's speed, and needs the validation images and 15 s of calibration
+# per model (each blend denoise='auto' reads is one): 'auto' never picks it.
+AUTO_PICKS_INT8 = False
+
+
+# ----------------------------------------------------------------------------------------------
+# The exported graph (export_onnx.py writes it to a file; OpenVINO compiles it in memory)
+# ----------------------------------------------------------------------------------------------
+
+class ZeroOneSR(nn.Module):
+    """An SRResNet between RGB images in [0, 1], the contract of SR models outside this project.
+
+    (N, 3, h, w) RGB in [0, 1] -> (N, 3, h * s, w * s) RGB in [0, 1].
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr_imgs):
+        lr_imgs = utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm')  # as the network was trained
+        sr_imgs = self.model(lr_imgs)  # (N, 3, h * s, w * s), in [-1, 1]
+        return utils.convert_image(sr_imgs, source='[-1, 1]', target='[0, 1]')  # (N, 3, h * s, w * s), in [0, 1]
+
+
+def export_model(model, opset=EXPORT_OPSET):
+    """The ONNX ModelProto of ZeroOneSR(model), with a dynamic batch, height and width, written by
+    torch.onnx's torch.export-based exporter (its TorchScript-based one is deprecated)."""
+    if 'dynamic_shapes' not in inspect.signature(torch.onnx.export).parameters:
+        raise runtime.ConfigError(f"this PyTorch ({torch.__version__}) has no torch.export-based ONNX exporter: "
+                                  f"export_onnx.py needs a newer one (it was tested with 2.14)")
+    example = torch.rand(2, 3, 24, 32)  # neither side 1: torch.export would fix a dimension of size 1
+    batch, height, width = (torch.export.Dim(name) for name in ('batch', 'height', 'width'))
+    with warnings.catch_warnings():  # torch.export's notes on what it traced; the check below is what counts
+        warnings.simplefilter('ignore')
+        program = torch.onnx.export(ZeroOneSR(model).eval(), (example,), dynamo=True, opset_version=opset,
+                                    input_names=['lr'], output_names=['sr'],
+                                    dynamic_shapes={'lr_imgs': {0: batch, 2: height, 3: width}}, verbose=False)
+    return program.model_proto
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the backend and its precision
+# ----------------------------------------------------------------------------------------------
+
+def openvino_installed():
+    """Whether `import openvino` works here."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_backend(device, backend='auto', precision='auto'):
+    """'torch' or 'openvino': what `backend` ('auto', 'torch' or 'openvino') runs on `device`.
+
+    'auto' is OpenVINO on a CPU where it is installed (faster there in fp32 and in bf16, measured)
+    and `precision` is one it takes (not fp16), else PyTorch: on CUDA and MPS always. Asked for
+    by name, 'openvino' on a GPU or where it is not installed is a ConfigError naming the option.
+    """
+    if backend not in BACKENDS:
+        raise runtime.ConfigError(f"backend must be 'auto', 'torch' or 'openvino', got {backend!r}")
+    if backend == 'auto':
+        openvino_fits = device.type == 'cpu' and precision in OPENVINO_PRECISIONS and openvino_installed()
+        backend = 'openvino' if openvino_fits or precision == 'int8' else 'torch'  # int8: only OpenVINO has it
+    if backend == 'openvino':
+        runtime.require(device.type == 'cpu', f"backend 'openvino' runs on the CPU, not on {device}: "
+                                              f"use --device=cpu, or --backend=torch")
+        runtime.require(openvino_installed(), f"backend 'openvino' needs OpenVINO, which is not installed: "
+                                              f"{OPENVINO_HINT} (or use --backend=torch)")
+    check_precision(backend, precision)
+    return backend
+
+
+def check_precision(backend, precision):
+    """Refuse a precision that `backend` ('torch' or 'openvino', as chosen) does not take: a
+    ConfigError naming the option. 'int8' is OpenVINO's alone, 'fp16' PyTorch's alone."""
+    if backend == 'openvino':
+        runtime.require(precision in OPENVINO_PRECISIONS, f"precision must be one of {OPENVINO_PRECISIONS} "
+                                                          f"on backend 'openvino', got {precision!r}")
+    else:
+        runtime.require(precision != 'int8', f"precision 'int8' runs on backend 'openvino' ({OPENVINO_HINT}), "
+                                             f"not on {backend!r}")
+        runtime.inference_dtype(torch.device('cpu'), precision)  # refuses an unknown name
+    return precision
+
+
+def openvino_precision(precision='auto'):
+    """What OpenVINO computes in on this CPU for `precision`: 'fp32', 'bf16' or 'int8'.
+
+    'auto' is bf16 on a CPU with AMX (runtime.cpu_has_bf16_matrix_units), fp32 elsewhere, as for
+    PyTorch, and never int8 (AUTO_PICKS_INT8 says why).
+    """
+    check_precision('openvino', precision)
+    if precision == 'auto':
+        if AUTO_PICKS_INT8:
+            return 'int8'
+        return 'bf16' if runtime.cpu_has_bf16_matrix_units() else 'fp32'
+    return precision
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 calibration
+# ----------------------------------------------------------------------------------------------
+
+def calibration_images(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRATION_CROP, scaling_factor=4):
+    """LR images to calibrate int8 on: (1, 3, h, w) float32 arrays in [0, 1], the graph's input.
+
+    The first n_images of the validation list (list_path None: CALIBRATION_LIST, the images that
+    utils.create_data_lists holds out of training; a test set is never used), each shrunk by
+    scaling_factor as eval.py shrinks its test images (utils.ImageTransforms 'test'), then cut
+    to its centred crop x crop LR pixels.
+    """
+    list_path = list_path or CALIBRATION_LIST
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"precision 'int8' is calibrated on the validation images of {list_path}, which "
+                                f"is missing: `python create_data_lists.py` writes it (or use another precision)")
+    with open(list_path) as f:
+        paths = json.load(f)[:n_images]
+    runtime.require(paths, f"{list_path} lists no images to calibrate int8 on")
+    transform = utils.ImageTransforms('test', 0, scaling_factor, '[0, 1]', '[0, 1]')
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            lr_img, _ = transform(utils.pil_to_rgb(img))  # (3, h, w), in [0, 1]
+        height, width = lr_img.shape[-2:]
+        top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
+        images.append(lr_img[None, :, top:top + crop, left:left + crop].numpy())  # (1, 3, crop, crop), in [0, 1]
+    return images
+
+
+def quantize_int8(ov_model, images):
+    """The OpenVINO model quantised to int8 by NNCF's post-training quantisation on `images`
+    (the graph's inputs: (1, 3, h, w) float32 in [0, 1]).
+
+    Weights are int8 per output channel, activations int8 with ranges from the images' statistics
+    ('mixed' preset: asymmetric activations, as the PReLU outputs and the normalised input are not
+    centred). The first convolution (it reads the image) and the last (it writes the output's
+    pixels) stay in floating point: quantised too, they cost 0.085 dB on Set14 instead of 0.043,
+    with the shipped SRResNet, for no measurable speed (they are 2 of 37 layers).
+    """
+    try:
+        import nncf
+    except ImportError:
+        raise runtime.ConfigError(f"precision 'int8' needs NNCF to quantise the model: {INT8_HINT}") from None
+    nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
+    convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
+    return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
+                         ignored_scope=nncf.IgnoredScope(names=[convolutions[0], convolutions[-1]]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The OpenVINO model
+# ----------------------------------------------------------------------------------------------
+
+def weights_hash(model, extra=''):
+    """sha256 hex of a module's state_dict (names, shapes, dtypes and bytes) and of `extra`: the
+    cache's name for its compiled graph, the same for the same weights wherever they came from."""
+    digest = hashlib.sha256(extra.encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_openvino_model(key, make, cache=None):
+    """The OpenVINO model (ov.Model) cached under <cache>/<key>/ (cache None: OPENVINO_CACHE), or make()
+    it and cache it.
+
+    The folder is written under a temporary name and renamed into place when whole, so a killed
+    run leaves no half model under a real name; names are content hashes, so nothing is replaced.
+    A cache that cannot be written (a read-only home) only costs the time to make the model again.
+    """
+    import openvino as ov
+    core = ov.Core()
+    cache = cache or OPENVINO_CACHE
+    folder = os.path.join(cache, key)
+    xml_path = os.path.join(folder, 'model.xml')
+    if os.path.isfile(xml_path):
+        try:
+            return core.read_model(xml_path)
+        except RuntimeError as error:  # a damaged entry: made again, and not cached over
+            warnings.warn(f"{xml_path} could not be read ({error}): the model is made again")
+            return make()
+    ov_model = make()
+    try:
+        os.makedirs(cache, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix=f'.{key[:16]}.', dir=cache)
+        ov.save_model(ov_model, os.path.join(partial, 'model.xml'), compress_to_fp16=False)  # fp32 weights stay fp32
+        try:
+            os.rename(partial, folder)
+        except OSError:  # another run cached it first: keep theirs
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as error:
+        warnings.warn(f"the compiled model could not be cached in {cache}: {error}")
+    return ov_model
+
+
+class OpenVINOModel(nn.Module):
+    """A generator compiled by OpenVINO, called like the PyTorch model it was made from.
+
+    Args:
+        fast: the network as export_onnx.py exports it, float32 (super_resolve.prepare_for_inference
+            without channels_last, its shuffled convolution frozen).
+        precision: 'fp32', 'bf16' or 'int8' (openvino_precision; 'auto' is resolved here too).
+        calibration: for int8, the images to calibrate on (calibration_images; None reads them).
+        threads: CPU threads OpenVINO uses (0 = as many as torch uses).
+        cache: where exported graphs are kept (None: OPENVINO_CACHE; cached_openvino_model).
+
+    forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
+    (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
+    it unchanged. `fast` is kept: its parameters tell the tiling code what to feed (float32, on
+    the CPU), and its sub-pixel blocks tell super_resolve.scaling_factor_of the scale.
+    """
+
+    def __init__(self, fast, precision='auto', calibration=None, threads=0, cache=None):
+        super().__init__()
+        import openvino as ov
+        self.model = fast.float().cpu().eval()
+        self.precision = openvino_precision(precision)
+        key = weights_hash(self.model, f"openvino {ov.get_version()} opset {EXPORT_OPSET}")
+
+        def make_fp32():
+            return ov.Core().read_model(export_model(self.model).SerializeToString())
+
+        ov_model = cached_openvino_model(key, make_fp32, cache)
+        if self.precision == 'int8':
+            images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
+                if calibration is None else calibration
+            images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
+            ov_model = cached_openvino_model(weights_hash(self.model, f"{key} int8 {images_hash}"),
+                                             lambda: quantize_int8(ov_model, images), cache)
+        # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
+        float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
+        self.compiled = ov.Core().compile_model(ov_model, 'CPU', {
+            'INFERENCE_PRECISION_HINT': float_precision, 'PERFORMANCE_HINT': 'LATENCY',
+            'INFERENCE_NUM_THREADS': threads or torch.get_num_threads()})
+        self.request = self.compiled.create_infer_request()
+
+    @property
+    def subpixel_convolutional_blocks(self):
+        return self.model.subpixel_convolutional_blocks
+
+    def forward(self, lr_imgs):
+        """(N, 3, h, w) ImageNet-normed -> (N, 3, h * s, w * s) in [-1, 1], float32 on the CPU."""
+        mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
+        lr_imgs = lr_imgs.float().cpu() * std + mean  # (N, 3, h, w), in [0, 1]: the graph's input
+        sr_imgs = self.request.infer([lr_imgs.numpy()])[0]  # (N, 3, h * s, w * s), in [0, 1]; reused next call
+        return torch.from_numpy(sr_imgs) * 2. - 1.  # (N, 3, h * s, w * s), in [-1, 1]: a new tensor, kept

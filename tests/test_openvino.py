@@ -1,0 +1,337 @@
+"""Tests of backend 'openvino' (backends.py): OpenVINO's output equals PyTorch's within the documented
+tolerance at odd sizes and on tiles, for an SRResNet and an SRGAN checkpoint, through the script
+too; int8 costs at most its documented PSNR bound; the backend is chosen as documented, a missing
+OpenVINO and a bad value each give one line naming the option; the cache is reused and never
+replaces a file.
+
+Tiny random SRResNets (2 blocks, 16 channels) stand in for trained ones, except where a trained
+network's numbers are the point (half precision and int8 on the bundled example). The tests that
+run OpenVINO skip, saying why, where it is not installed (requirements.txt installs it).
+
+    python -m pytest -q tests/test_openvino.py
+"""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import backends
+import runtime
+import super_resolve
+import utils
+from models import SRResNet, freeze_shuffled_convolutions
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_ARGS = {'n_blocks': 2, 'n_channels': 16, 'scaling_factor': 4}
+CPU = torch.device('cpu')
+FP32_TOLERANCE = 1e-4  # largest |OpenVINO fp32 - PyTorch fp32| on the [-1, 1] outputs (bench.py's tolerance)
+HALF_GREY_LEVELS = 10  # largest |bf16 - fp32| of an 8-bit pixel on Set14: PyTorch 9, OpenVINO 10 (results/README.md)
+INT8_PSNR_BOUND = 0.1  # dB: the most int8 may cost on an image (Set14's mean cost was 0.043 dB)
+
+needs_openvino = pytest.mark.skipif(not backends.openvino_installed(), reason="OpenVINO is not installed "
+                                                                              "(pip install openvino)")
+
+
+def nncf_installed():
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Every test compiles into its own cache folder, never the project's runs/openvino_cache."""
+    folder = tmp_path / 'openvino_cache'
+    monkeypatch.setattr(backends, 'OPENVINO_CACHE', str(folder))
+    return folder
+
+
+def random_model(seed=0):
+    """A tiny SRResNet in eval mode with non-trivial BatchNorm statistics, so folding them is exercised."""
+    torch.manual_seed(seed)
+    model = SRResNet(**MODEL_ARGS)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.)
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def save_model(path, key='model', seed=0):
+    """A tiny model saved as an SRResNet ('model') or SRGAN ('generator') checkpoint; returns the path."""
+    torch.save({key: random_model(seed).state_dict(), 'model_args': MODEL_ARGS, 'iteration': 0, 'config': {}}, path)
+    return str(path)
+
+
+def textured_image(width, height, seed=0):
+    """A PIL RGB image with smooth structure and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = 127.5 + 100. * np.sin(x[..., None] / 3. + np.array([0., 1., 2.])) * np.cos(y[..., None] / 4.)
+    return Image.fromarray(np.clip(np.round(smooth + rng.normal(0., 20., smooth.shape)), 0, 255).astype(np.uint8))
+
+
+def upscale(model, img, tile_size=0, tile_overlap=0):
+    return super_resolve.upscale_image(model, img, CPU, tile_size, tile_overlap)
+
+
+def chelsea_pair():
+    """The bundled example, shrunk 4x as eval.py shrinks a test image: (LR PIL, HR PIL)."""
+    with Image.open(os.path.join(REPO, 'examples', 'chelsea.png')) as img:
+        lr_img, hr_img = utils.ImageTransforms('test', 0, 4, '[0, 1]', '[0, 1]')(img.convert('RGB'))
+    return tuple(utils.convert_image(x, source='[0, 1]', target='pil') for x in (lr_img, hr_img))
+
+
+# ----------------------------------------------------------------------------------------------
+# The same output as PyTorch
+# ----------------------------------------------------------------------------------------------
+
+@needs_openvino
+@pytest.mark.parametrize('key, kind', [('model', 'srresnet'), ('generator', 'srgan')])
+def test_openvino_equals_pytorch_at_odd_sizes_and_on_tiles(tmp_path, key, kind):
+    """fp32 OpenVINO gives PyTorch's fp32 output within FP32_TOLERANCE, whole and on tiles, at odd
+    sizes, for an SRResNet and an SRGAN checkpoint; its model is called as PyTorch's is."""
+    path = save_model(tmp_path / f'{kind}.pth', key)
+    plain, _ = runtime.load_sr_model(path, CPU, kind=kind)
+    torch_model = super_resolve.prepare_for_backend(copy.deepcopy(plain), 'torch', CPU, 'fp32')  # in place: a copy
+    openvino_model = super_resolve.prepare_for_backend(plain, 'openvino', CPU, 'fp32')
+    assert isinstance(openvino_model, backends.OpenVINOModel) and openvino_model.precision == 'fp32'
+    assert super_resolve.scaling_factor_of(openvino_model) == 4
+    lr_img = torch.randn(2, 3, 23, 37, generator=torch.Generator().manual_seed(1))  # ImageNet-normed, odd sides
+    for tile_size, tile_overlap in ((0, 0), (16, 4), (9, 3)):
+        expected = super_resolve.upscale_tensor(torch_model, lr_img, tile_size, tile_overlap)  # (2, 3, 92, 148)
+        actual = super_resolve.upscale_tensor(openvino_model, lr_img, tile_size, tile_overlap)
+        assert actual.shape == expected.shape == (2, 3, 92, 148) and actual.dtype == torch.float32
+        assert expected.std() > 0.05  # a real image, not a saturated tanh where any two models agree
+        assert (actual - expected).abs().max().item() <= FP32_TOLERANCE
+    # Odd image sizes through the image path: the same 8-bit image, within one rounding step.
+    img = textured_image(29, 17)
+    a, b = (np.asarray(upscale(model, img, 12, 4), dtype=int) for model in (openvino_model, torch_model))
+    assert a.shape == (68, 116, 3) and np.abs(a - b).max() <= 1
+
+
+@needs_openvino
+def test_the_script_writes_the_same_image_on_either_backend(tmp_path, capsys):
+    """super_resolve.py --backend=openvino and --backend=torch write the same PNG (within one grey level),
+    for an SRGAN checkpoint on tiles, and say which backend ran."""
+    path = save_model(tmp_path / 'srgan.pth', 'generator')
+    img_path = tmp_path / 'photo.png'
+    textured_image(31, 21).save(img_path)
+    outputs = {}
+    for backend in ('openvino', 'torch'):
+        [written] = super_resolve.main([f'--input_path={img_path}', f'--output_folder={tmp_path / backend}',
+                                        f'--checkpoint={path}', '--model=srgan', f'--backend={backend}',
+                                        '--precision=fp32', '--tile_size=12', '--tile_overlap=4'])
+        assert f'Device: cpu, precision fp32, backend {backend}' in capsys.readouterr().out
+        outputs[backend] = np.asarray(Image.open(written), dtype=int)
+    assert outputs['openvino'].shape == (84, 124, 3)
+    assert np.abs(outputs['openvino'] - outputs['torch']).max() <= 1
+
+
+@needs_openvino
+def test_bf16_stays_within_the_documented_difference_of_fp32():
+    """The shipped SRResNet on the bundled example in OpenVINO bf16 moves PSNR by at most the 0.02 dB
+    that precision='auto' may cost, and pixels by at most HALF_GREY_LEVELS (as PyTorch's bf16): on a
+    CPU with AMX it really computed in bf16 (the difference is not zero)."""
+    lr_pil, hr_pil = chelsea_pair()
+    plain, _ = runtime.load_sr_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
+    outputs, psnrs = {}, {}
+    for backend, precision in (('torch', 'fp32'), ('openvino', 'bf16')):
+        model = super_resolve.prepare_for_backend(copy.deepcopy(plain), backend, CPU, precision)
+        sr_pil = upscale(model, lr_pil, super_resolve.tile_size, super_resolve.tile_overlap)
+        outputs[backend], psnrs[backend] = np.asarray(sr_pil, dtype=int), utils.compute_psnr_ssim(sr_pil, hr_pil, 4)[0]
+    difference = np.abs(outputs['openvino'] - outputs['torch'])
+    assert abs(psnrs['openvino'] - psnrs['torch']) <= 0.02 and difference.max() <= HALF_GREY_LEVELS
+    if runtime.cpu_has_bf16_matrix_units():
+        assert 0 < difference.mean() < 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# int8
+# ----------------------------------------------------------------------------------------------
+
+@needs_openvino
+@pytest.mark.skipif(not nncf_installed(), reason="NNCF is not installed (pip install nncf)")
+def test_int8_costs_at_most_its_documented_psnr_bound():
+    """The shipped SRResNet quantised to int8, calibrated on crops of the bundled example (the
+    validation images are not part of the repository), costs at most
+    INT8_PSNR_BOUND on each of a few images against fp32, and really is quantised: its output differs."""
+    lr_pil, hr_pil = chelsea_pair()
+    plain, _ = runtime.load_sr_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
+    images = [(lr_pil, hr_pil)]
+    for seed in (1, 2):  # two more: the HR textured image, shrunk 4x
+        hr = textured_image(128, 96, seed)
+        images.append((hr.resize((32, 24), Image.BICUBIC), hr))
+    with Image.open(os.path.join(REPO, 'examples', 'chelsea.png')) as img:  # the example itself, as LR input
+        whole = utils.convert_image(img.convert('RGB'), source='pil', target='[0, 1]')  # (3, 128, 192)
+    calibration = [whole[None, :, top:top + 48, left:left + 48].numpy()
+                   for top in (0, 40, 80) for left in (0, 72, 144)]  # nine (1, 3, 48, 48) crops, in [0, 1]
+    exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(copy.deepcopy(plain), False))
+    int8 = backends.OpenVINOModel(exportable, 'int8', calibration=calibration)
+    fp32 = super_resolve.prepare_for_backend(plain, 'torch', CPU, 'fp32')
+    assert int8.precision == 'int8'
+    for lr_img, hr_img in images:
+        psnr_fp32, psnr_int8 = (utils.compute_psnr_ssim(upscale(model, lr_img), hr_img, 4)[0] for model in (fp32, int8))
+        assert psnr_fp32 - psnr_int8 <= INT8_PSNR_BOUND
+    a, b = (np.asarray(upscale(model, lr_pil), dtype=int) for model in (int8, fp32))
+    assert np.abs(a - b).mean() > 0.1  # quantised: not the float model
+
+
+def test_int8_needs_the_validation_list_and_says_so(tmp_path):
+    """Without data/val_images.json, precision 'int8' is refused in one line that names the list and
+    how to make it (a test set is never used instead)."""
+    with pytest.raises(FileNotFoundError, match=r"val_images.json, which is missing: `python create_data_lists.py`"):
+        backends.calibration_images(str(tmp_path / 'val_images.json'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the backend, and its errors
+# ----------------------------------------------------------------------------------------------
+
+def test_auto_is_openvino_on_a_cpu_where_installed_and_pytorch_elsewhere(monkeypatch):
+    monkeypatch.setattr(backends, 'openvino_installed', lambda: True)
+    assert backends.pick_backend(CPU, 'auto') == 'openvino'
+    assert backends.pick_backend(CPU, 'auto', 'fp16') == 'torch'  # a precision only PyTorch has
+    for device in ('cuda', 'mps'):  # no GPU is needed to ask
+        assert backends.pick_backend(torch.device(device), 'auto') == 'torch'
+    assert backends.pick_backend(CPU, 'torch') == 'torch'
+    monkeypatch.setattr(backends, 'openvino_installed', lambda: False)
+    assert backends.pick_backend(CPU, 'auto') == 'torch'
+
+
+def test_auto_precision_on_openvino_is_bf16_with_amx_else_fp32_and_never_int8(monkeypatch):
+    for has_amx, expected in ((True, 'bf16'), (False, 'fp32')):
+        monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
+        assert backends.openvino_precision('auto') == expected
+    assert backends.openvino_precision('int8') == 'int8' and not backends.AUTO_PICKS_INT8
+
+
+def test_a_missing_openvino_falls_back_on_auto_and_is_one_line_when_asked_for(tmp_path, monkeypatch, capsys):
+    """With `import openvino` failing: 'auto' runs PyTorch and says how to get OpenVINO; 'openvino'
+    and 'int8' are refused in one line naming the option and the pip command, before anything is written."""
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # what an uninstalled package does: ImportError
+    assert not backends.openvino_installed()
+    checkpoint = save_model(tmp_path / 'srresnet.pth')
+    img_path = tmp_path / 'photo.png'
+    textured_image(12, 10).save(img_path)
+    [written] = super_resolve.main([f'--input_path={img_path}', f'--output_folder={tmp_path / "out"}',
+                                    f'--checkpoint={checkpoint}'])
+    assert os.path.isfile(written)
+    assert 'backend torch (OpenVINO runs faster on a CPU: pip install openvino)' in capsys.readouterr().out
+    for option, message in (('--backend=openvino', r"backend 'openvino' needs OpenVINO, which is not installed: "
+                                                   r"pip install openvino"),
+                            ('--precision=int8', r"backend 'openvino' needs OpenVINO.*pip install openvino")):
+        with pytest.raises(runtime.ConfigError, match=message):
+            super_resolve.main([f'--input_path={img_path}', f'--output_folder={tmp_path / "never"}',
+                                f'--checkpoint={checkpoint}', option])
+    assert not (tmp_path / 'never').exists()
+
+
+def test_bad_backends_and_precisions_are_one_line_naming_the_option(tmp_path):
+    with pytest.raises(runtime.ConfigError, match=r"backend must be 'auto', 'torch' or 'openvino', got 'tensorrt'"):
+        backends.pick_backend(CPU, 'tensorrt')
+    with pytest.raises(runtime.ConfigError, match=r"precision 'int8' runs on backend 'openvino'"):
+        backends.pick_backend(CPU, 'torch', 'int8')
+    with pytest.raises(runtime.ConfigError, match=r"backend 'openvino' runs on the CPU, not on cuda"):
+        backends.pick_backend(torch.device('cuda'), 'openvino')
+    with pytest.raises(runtime.ConfigError, match=r"precision must be one of .* on backend 'openvino', got 'fp16'"):
+        backends.check_precision('openvino', 'fp16')
+    done = subprocess.run([sys.executable, 'super_resolve.py', '--backend=tensorrt',
+                           f'--output_folder={tmp_path / "never"}'], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    assert done.stderr.strip() == ("super_resolve.py: error: backend must be 'auto', 'torch' or 'openvino', "
+                                   "got 'tensorrt'")
+    assert not (tmp_path / 'never').exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+# ----------------------------------------------------------------------------------------------
+
+@needs_openvino
+def test_the_exported_graph_is_cached_by_the_weights_and_reused(cache, monkeypatch):
+    """The first model exports its graph into the cache, under the weights' hash; the same weights
+    again (a copy) read it back without exporting; other weights get an entry of their own."""
+    exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(random_model(), False))
+    backends.OpenVINOModel(exportable, 'fp32')
+    [entry] = os.listdir(cache)
+    assert sorted(os.listdir(cache / entry)) == ['model.bin', 'model.xml']
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again: the cache was not read")
+
+    monkeypatch.setattr(backends, 'export_model', no_export)
+    copy_of = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(random_model(), False))
+    lr_img = torch.randn(1, 3, 11, 13)
+    with torch.inference_mode():
+        expected = exportable(lr_img)
+        assert (backends.OpenVINOModel(copy_of, 'fp32')(lr_img) - expected).abs().max() <= FP32_TOLERANCE
+    other = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(random_model(1), False))
+    with pytest.raises(AssertionError, match="exported again"):
+        backends.OpenVINOModel(other, 'fp32')
+    assert os.listdir(cache) == [entry]  # nothing half-written was left behind
+
+
+@needs_openvino
+def test_an_unwritable_cache_only_costs_the_export(tmp_path, monkeypatch):
+    """A cache path that is a file (so no folder can be made there): the model is still made, with a
+    warning, and the file is left as it was."""
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('a file of the user\n')
+    exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(random_model(), False))
+    with pytest.warns(UserWarning, match="could not be cached"):
+        model = backends.OpenVINOModel(exportable, 'fp32', cache=str(blocker))
+    assert blocker.read_text() == 'a file of the user\n'
+    with torch.inference_mode():
+        lr_img = torch.randn(1, 3, 9, 10)
+        assert (model(lr_img) - exportable(lr_img)).abs().max() <= FP32_TOLERANCE
+
+
+# ----------------------------------------------------------------------------------------------
+# bench.py's rows
+# ----------------------------------------------------------------------------------------------
+
+@needs_openvino
+@pytest.mark.skipif(not nncf_installed(), reason="NNCF is not installed (pip install nncf)")
+def test_bench_times_every_backend_side_by_side_and_splits_a_video(tmp_path, monkeypatch):
+    """bench.py's 'backends' section times PyTorch and OpenVINO in each precision in one run (int8
+    calibrated on a validation list of generated images here), marks what 'auto' runs, and measures
+    differences from PyTorch fp32; its 'video' section splits a small clip's time between decoding,
+    the model and encoding, and runs super_resolve.py on it with --backend=torch and 'auto'."""
+    import bench
+    folder = tmp_path / 'val'
+    folder.mkdir()
+    for seed in range(3):
+        textured_image(64, 48, seed).save(folder / f'{seed}.png')
+    val_list = tmp_path / 'val_images.json'
+    val_list.write_text(json.dumps([str(folder / f'{seed}.png') for seed in range(3)]))
+    monkeypatch.setattr(backends, 'CALIBRATION_LIST', str(val_list))
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: True)  # the rows of a CPU with AMX, anywhere
+    results = bench.main(['--sections=backends,video', '--inference_sizes=[[20, 14]]', '--inference_repeats=1',
+                          '--video_size=[32, 24]', '--video_frames=2', f'--results_file={tmp_path / "bench.json"}'])
+    section = results['backends']
+    rows = {(row['backend'], row['precision']): row for row in section['rows']}
+    assert list(rows) == [('torch', 'fp32'), ('torch', 'bf16'), ('openvino', 'fp32'), ('openvino', 'bf16'),
+                          ('openvino', 'int8')], section['notes']
+    assert section['auto'] == ['openvino', 'bf16'] and [key for key, row in rows.items() if row['auto']] == \
+        [('openvino', 'bf16')]
+    assert all(row['seconds'] > 0 and row['gflop_per_s'] > 0 for row in rows.values())
+    assert rows['torch', 'fp32']['max_grey_diff'] == 0 and rows['openvino', 'fp32']['max_grey_diff'] <= 1
+    assert rows['openvino', 'bf16']['max_grey_diff'] <= HALF_GREY_LEVELS
+    assert section['auto_speedup_vs_torch_auto'] == pytest.approx(
+        rows['torch', 'bf16']['seconds'] / rows['openvino', 'bf16']['seconds'])
+    clip = results['video']
+    assert clip['frames'] == 2 and clip['size'] == [32, 24] and (clip['backend'], clip['precision']) == ('openvino', 'bf16')
+    assert sum(clip['shares'].values()) == pytest.approx(1) and min(clip['shares'].values()) > 0
+    assert set(clip['script_fps']) == {'torch', 'auto'} and min(clip['script_fps'].values()) > 0
