@@ -548,6 +548,29 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
     return result
 
 
+def outputs_and_psnrs(models, config, device, s, tile_size, tile_overlap):
+    """Each model's 8-bit outputs and PSNRs on precision_images, shrunk s times as eval.py does,
+    through upscale_tensor with these tiles: (number of images, {key: [(H, W, 3) int16 arrays]},
+    {key: [PSNR on Y]})."""
+    import super_resolve
+    paths = utils.list_images(config.precision_images)
+    if not paths:
+        raise FileNotFoundError(f"precision_images {config.precision_images!r} holds no images")
+    transform = utils.ImageTransforms('test', 0, s, 'imagenet-norm', '[0, 1]')
+    outputs, psnrs = {key: [] for key in models}, {key: [] for key in models}
+    for path in paths:
+        with Image.open(path) as img:
+            lr_norm, hr = transform(utils.pil_to_rgb(img))  # (3, h, w) ImageNet-normed, (3, h * s, w * s) in [0, 1]
+        hr_pil = utils.convert_image(hr, source='[0, 1]', target='pil')
+        for key, model in models.items():
+            sr = super_resolve.upscale_tensor(model, lr_norm.unsqueeze(0).to(device), tile_size,
+                                              tile_overlap)[0]  # (3, H, W), in [-1, 1]
+            sr_pil = utils.convert_image(sr.float(), source='[-1, 1]', target='pil')  # rounded to 8 bits, as eval.py
+            outputs[key].append(np.asarray(sr_pil, dtype=np.int16))
+            psnrs[key].append(utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=s)[0])
+    return len(paths), outputs, psnrs
+
+
 def bench_precision(config, device):
     """Section 5: super_resolve.py's inference in float32 and each half precision, with trained weights.
 
@@ -574,20 +597,7 @@ def bench_precision(config, device):
     seconds, _ = time_interleaved({name: lambda model=model: super_resolve.upscale_tensor(model, lr_img, 0, 0)
                                    for name, model in models.items()}, device, config.inference_repeats)
 
-    paths = utils.list_images(config.precision_images)
-    if not paths:
-        raise FileNotFoundError(f"precision_images {config.precision_images!r} holds no images")
-    transform = utils.ImageTransforms('test', 0, s, 'imagenet-norm', '[0, 1]')
-    outputs, psnrs = {name: [] for name in models}, {name: [] for name in models}
-    for path in paths:
-        with Image.open(path) as img:
-            lr_norm, hr = transform(utils.pil_to_rgb(img))  # (3, h, w) ImageNet-normed, (3, h * s, w * s) in [0, 1]
-        hr_pil = utils.convert_image(hr, source='[0, 1]', target='pil')
-        for name, model in models.items():
-            sr = super_resolve.upscale_tensor(model, lr_norm.unsqueeze(0).to(device), 0, 0)[0]  # (3, H, W), in [-1, 1]
-            sr_pil = utils.convert_image(sr.float(), source='[-1, 1]', target='pil')  # rounded to 8 bits, as eval.py
-            outputs[name].append(np.asarray(sr_pil, dtype=np.int16))
-            psnrs[name].append(utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=s)[0])
+    n_images, outputs, psnrs = outputs_and_psnrs(models, config, device, s, 0, 0)
     rows = []
     for name in models:
         differences = np.concatenate([np.abs(a - b).ravel() for a, b in zip(outputs[name], outputs['fp32'])])
@@ -598,7 +608,7 @@ def bench_precision(config, device):
                      'mean_grey_diff': float(differences.mean()), 'psnr': psnr,
                      'psnr_change': psnr - float(np.mean(psnrs['fp32']))})
     return {'checkpoint': config.precision_checkpoint, 'lr_size': [width, height], 'images': config.precision_images,
-            'n_images': len(paths), 'rows': rows}
+            'n_images': n_images, 'rows': rows}
 
 
 def bench_backends(config, device, macs):
@@ -637,21 +647,8 @@ def bench_backends(config, device, macs):
         model, lr_img, super_resolve.tile_size, super_resolve.tile_overlap) for key, model in models.items()},
         device, config.inference_repeats, statistic=np.min)
 
-    paths = utils.list_images(config.precision_images)
-    if not paths:
-        raise FileNotFoundError(f"precision_images {config.precision_images!r} holds no images")
-    transform = utils.ImageTransforms('test', 0, s, 'imagenet-norm', '[0, 1]')
-    outputs, psnrs = {key: [] for key in models}, {key: [] for key in models}
-    for path in paths:
-        with Image.open(path) as img:
-            lr_norm, hr = transform(utils.pil_to_rgb(img))  # (3, h, w) ImageNet-normed, (3, h * s, w * s) in [0, 1]
-        hr_pil = utils.convert_image(hr, source='[0, 1]', target='pil')
-        for key, model in models.items():
-            sr = super_resolve.upscale_tensor(model, lr_norm.unsqueeze(0).to(device), super_resolve.tile_size,
-                                              super_resolve.tile_overlap)[0]  # (3, H, W), in [-1, 1]
-            sr_pil = utils.convert_image(sr.float(), source='[-1, 1]', target='pil')  # rounded to 8 bits, as eval.py
-            outputs[key].append(np.asarray(sr_pil, dtype=np.int16))
-            psnrs[key].append(utils.compute_psnr_ssim(sr_pil, hr_pil, crop_border=s)[0])
+    n_images, outputs, psnrs = outputs_and_psnrs(models, config, device, s, super_resolve.tile_size,
+                                                 super_resolve.tile_overlap)
     reference = ('torch', 'fp32')
     result_rows = []
     for key in models:
@@ -665,7 +662,7 @@ def bench_backends(config, device, macs):
     torch_auto = ('torch', auto_torch)
     return {'checkpoint': config.precision_checkpoint, 'lr_size': [width, height], 'tile_size': super_resolve.tile_size,
             'tile_overlap': super_resolve.tile_overlap, 'statistic': f'best of {config.inference_repeats}',
-            'images': config.precision_images, 'n_images': len(paths), 'auto': list(auto_row),
+            'images': config.precision_images, 'n_images': n_images, 'auto': list(auto_row),
             'auto_speedup_vs_torch_auto': seconds[torch_auto] / seconds[auto_row] if auto_row in seconds else None,
             'rows': result_rows, 'notes': notes}
 

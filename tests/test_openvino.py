@@ -25,10 +25,10 @@ import backends
 import runtime
 import super_resolve
 import utils
-from models import SRResNet, freeze_shuffled_convolutions
+from models import freeze_shuffled_convolutions
+from test_super_resolve import random_model, save_model  # the same tiny SRResNets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_ARGS = {'n_blocks': 2, 'n_channels': 16, 'scaling_factor': 4}
 CPU = torch.device('cpu')
 FP32_TOLERANCE = 1e-4  # largest |OpenVINO fp32 - PyTorch fp32| on the [-1, 1] outputs (bench.py's tolerance)
 HALF_GREY_LEVELS = 10  # largest |bf16 - fp32| of an 8-bit pixel on Set14: PyTorch 9, OpenVINO 10 (results/README.md)
@@ -52,26 +52,6 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / 'openvino_cache'
     monkeypatch.setattr(backends, 'OPENVINO_CACHE', str(folder))
     return folder
-
-
-def random_model(seed=0):
-    """A tiny SRResNet in eval mode with non-trivial BatchNorm statistics, so folding them is exercised."""
-    torch.manual_seed(seed)
-    model = SRResNet(**MODEL_ARGS)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.)
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def save_model(path, key='model', seed=0):
-    """A tiny model saved as an SRResNet ('model') or SRGAN ('generator') checkpoint; returns the path."""
-    torch.save({key: random_model(seed).state_dict(), 'model_args': MODEL_ARGS, 'iteration': 0, 'config': {}}, path)
-    return str(path)
 
 
 def textured_image(width, height, seed=0):
