@@ -7,8 +7,9 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (quantised by NNCF, `pip install nncf`, calibrated
     on the validation images).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.34-1.58x faster in OpenVINO bf16 than in
-PyTorch bf16, and 1.10-1.18x in fp32 (bench.py's 'backends' section; results/README.md).
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.44-1.72x faster in OpenVINO bf16 than in
+PyTorch bf16 (two tiles at once, map_tiles), and 1.13-1.16x in fp32 (bench.py's 'backends' section;
+results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
 training), because compiling a model for another runtime is a job of its own, and because
@@ -16,6 +17,7 @@ super_resolve.py, eval.py and export_onnx.py all need the exported graph: kept i
 a script built on super_resolve.py, super_resolve.py could not import it without a circle.
 Importing this module imports neither onnx nor openvino: they are imported where they are used.
 """
+import collections
 import hashlib
 import inspect
 import json
@@ -48,6 +50,9 @@ CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics 
 # (bf16: 10), for 1.17-1.25x bf16's speed, and needs the validation images and 15 s of calibration
 # per model (each blend denoise='auto' reads is one): 'auto' never picks it.
 AUTO_PICKS_INT8 = False
+# Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
+# AMX, in bf16, 480x270 (two tiles) ran about 7% faster than tile after tile on both threads.
+TILE_STREAMS = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,10 +286,17 @@ class OpenVINOModel(nn.Module):
                                              lambda: quantize_int8(ov_model, images), cache)
         # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
         float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
-        self.compiled = ov.Core().compile_model(ov_model, 'CPU', {
-            'INFERENCE_PRECISION_HINT': float_precision, 'PERFORMANCE_HINT': 'LATENCY',
-            'INFERENCE_NUM_THREADS': threads or torch.get_num_threads()})
-        self.request = self.compiled.create_infer_request()
+        threads = threads or torch.get_num_threads()
+        settings = {'INFERENCE_PRECISION_HINT': float_precision, 'INFERENCE_NUM_THREADS': threads}
+        core = ov.Core()
+        # One tile on every thread; several tiles two at a time, each on half the threads (map_tiles).
+        self.request = core.compile_model(ov_model, 'CPU', {**settings, 'PERFORMANCE_HINT': 'LATENCY'}) \
+            .create_infer_request()
+        self.pair = None
+        if threads >= 2:
+            pair = core.compile_model(ov_model, 'CPU', {**settings, 'PERFORMANCE_HINT': 'THROUGHPUT',
+                                                        'NUM_STREAMS': TILE_STREAMS})
+            self.pair = [pair.create_infer_request() for _ in range(TILE_STREAMS)]
 
     @property
     def subpixel_convolutional_blocks(self):
@@ -292,8 +304,39 @@ class OpenVINOModel(nn.Module):
 
     def forward(self, lr_imgs):
         """(N, 3, h, w) ImageNet-normed -> (N, 3, h * s, w * s) in [-1, 1], float32 on the CPU."""
+        return next(self.map_tiles([lr_imgs]))
+
+    def map_tiles(self, lr_tiles):
+        """forward() of each tile in the list, yielded in order; with two or more tiles and threads,
+        two run at once, each on half the threads (super_resolve.upscale_tensor calls this)."""
         mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
-        lr_imgs = lr_imgs.float().cpu() * std + mean  # (N, 3, h, w), in [0, 1]: the graph's input
-        sr_imgs = self.request.infer([lr_imgs.numpy()])[0]  # (N, 3, h * s, w * s), in [0, 1]; reused next call
-        return torch.from_numpy(sr_imgs) * 2. - 1.  # (N, 3, h * s, w * s), in [-1, 1]: a new tensor, kept
+
+        def graph_input(lr_imgs):  # (N, 3, h, w), ImageNet-normed -> the graph's input, in [0, 1]
+            return (lr_imgs.float().cpu() * std + mean).numpy()
+
+        def output(request):  # the request's (N, 3, h * s, w * s) in [0, 1] -> a new tensor in [-1, 1]
+            return torch.from_numpy(request.get_output_tensor(0).data) * 2. - 1.
+
+        if len(lr_tiles) < 2 or self.pair is None:
+            for lr_imgs in lr_tiles:
+                self.request.infer([graph_input(lr_imgs)])
+                yield output(self.request)
+            return
+        running = collections.deque()  # requests started and not yet read, oldest first
+        try:
+            for i, lr_imgs in enumerate(lr_tiles):
+                if len(running) == len(self.pair):  # both busy: wait for the older, this tile's request
+                    request = running.popleft()
+                    request.wait()
+                    yield output(request)
+                request = self.pair[i % len(self.pair)]
+                request.start_async([graph_input(lr_imgs)])  # the input is copied (share_inputs=False)
+                running.append(request)
+            while running:
+                request = running.popleft()
+                request.wait()
+                yield output(request)
+        finally:  # a caller that stops early (an error, Ctrl-C) leaves no request busy for the next call
+            for request in running:
+                request.wait()

@@ -59,7 +59,7 @@ elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
 than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
 `backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
-graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.34-1.58x PyTorch's
+graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.44-1.72x PyTorch's
 bf16 on a 2-core Xeon with AMX, bf16 within 10 grey levels of fp32), PyTorch elsewhere. Only
 OpenVINO takes precision 'int8' (NNCF, calibrated on data/val_images.json; never chosen by 'auto').
 
@@ -140,6 +140,11 @@ channels_last: bool = True  # NHWC memory format: faster convolutions on recent 
 max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
 
+# Tiles are widened (with more of the image's own context) to a multiple of 8 LR columns: on a 2-core
+# Xeon with AMX, in bf16, some other widths ran 1.3-2.9x slower per pixel in OpenVINO (317 px, the
+# middle tile of a 854-wide frame: 1.7x; 293, 299, 313, 335: 2.2-2.9x) and in PyTorch (317: 1.4x), and
+# every multiple of 8 from 200 to 416 at full speed; the height made no difference (results/README.md).
+TILE_WIDTH_STEP = 8
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
 # pixel (the float32 SR tensor is 12, the 8-bit image 3, the rest conversions and the PNG encoder),
@@ -288,6 +293,28 @@ def _tile_edges(size, tile_size):
     return [size * i // n_tiles for i in range(n_tiles + 1)]
 
 
+def _widen(left, right, width, step=TILE_WIDTH_STEP):
+    """[left, right), a tile's columns with their margins, grown to a multiple of `step` columns
+    with more of the image's own context (on the right, then on the left) where it has them."""
+    extra = -(right - left) % step
+    wider_right = min(right + extra, width)
+    return max(left - (extra - (wider_right - right)), 0), wider_right
+
+
+def tile_boxes(height, width, tile_size, tile_overlap):
+    """The tiles of an image, row by row: (top, bottom, left, right) of each tile's own pixels and
+    (top, bottom, left, right) of what the model reads for it, its margins included."""
+    row_edges, col_edges = _tile_edges(height, tile_size), _tile_edges(width, tile_size)
+    boxes = []
+    for top, bottom in zip(row_edges, row_edges[1:]):
+        for left, right in zip(col_edges, col_edges[1:]):
+            # The tile and its margins, clipped to the image (at the image's own edges there is no more context).
+            left_in, right_in = _widen(max(left - tile_overlap, 0), min(right + tile_overlap, width), width)
+            boxes.append(((top, bottom, left, right),
+                          (max(top - tile_overlap, 0), min(bottom + tile_overlap, height), left_in, right_in)))
+    return boxes
+
+
 @torch.inference_mode()
 def upscale_tensor(model, lr_img, tile_size, tile_overlap, progress=False):
     """Super-resolve LR images tile by tile.
@@ -299,26 +326,28 @@ def upscale_tensor(model, lr_img, tile_size, tile_overlap, progress=False):
         tile_overlap: LR pixels of real context each tile reads beyond its borders, where the
             image has them. Their output is thrown away: near a tile's edge the network sees zero
             padding instead of the neighbouring pixels, so that is where tiles would disagree.
+            A tile reads a few columns more where its width is not a multiple of TILE_WIDTH_STEP
+            (tile_boxes), for speed.
         progress: show a progress bar over the tiles.
 
     Returns (N, 3, h * s, w * s) in [-1, 1], in the model's dtype. The tiles are written into one
-    preallocated tensor, so the memory needed is the output plus one tile's activations, whatever
-    the image size.
+    preallocated tensor, so the memory needed is the output, the tiles' inputs (about the input's
+    size) and one tile's activations (two on OpenVINO, which runs two tiles at once), whatever the
+    image size.
     """
     if tile_size < 0 or tile_overlap < 0:
         raise ValueError(f"tile_size and tile_overlap must be >= 0, got {tile_size} and {tile_overlap}")
     dtype = next(model.parameters()).dtype
     height, width = lr_img.shape[-2:]
-    row_edges, col_edges = _tile_edges(height, tile_size), _tile_edges(width, tile_size)
-    tiles = [(top, bottom, left, right) for top, bottom in zip(row_edges, row_edges[1:])
-             for left, right in zip(col_edges, col_edges[1:])]
+    boxes = tile_boxes(height, width, tile_size, tile_overlap)
+    lr_tiles = [lr_img[:, :, top:bottom, left:right].to(dtype)
+                for _, (top, bottom, left, right) in boxes]  # each (N, 3, tile h, tile w), ImageNet-normed
+    # A model may run several tiles at once (backends.OpenVINOModel.map_tiles); each result comes in order.
+    sr_tiles = model.map_tiles(lr_tiles) if hasattr(model, 'map_tiles') else map(model, lr_tiles)
     sr_img, s = None, None
-    for top, bottom, left, right in tqdm(tiles, desc='tiles', unit='tile', leave=False, disable=not progress):
-        # The tile and its margins, clipped to the image (at the image's own edges there is no more context).
-        top_in, left_in = max(top - tile_overlap, 0), max(left - tile_overlap, 0)
-        bottom_in, right_in = min(bottom + tile_overlap, height), min(right + tile_overlap, width)
-        lr_tile = lr_img[:, :, top_in:bottom_in, left_in:right_in].to(dtype)  # (N, 3, tile h, tile w), ImageNet-normed
-        sr_tile = model(lr_tile)  # (N, 3, s * tile h, s * tile w), in [-1, 1]
+    for ((top, bottom, left, right), (top_in, _, left_in, right_in)), sr_tile in tqdm(
+            zip(boxes, sr_tiles), total=len(boxes), desc='tiles', unit='tile', leave=False, disable=not progress):
+        # sr_tile: (N, 3, s * tile h, s * tile w), in [-1, 1]
         if sr_img is None:
             s = sr_tile.shape[-1] // (right_in - left_in)
             sr_img = torch.empty((lr_img.shape[0], 3, height * s, width * s), dtype=sr_tile.dtype,

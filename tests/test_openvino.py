@@ -102,6 +102,27 @@ def test_openvino_equals_pytorch_at_odd_sizes_and_on_tiles(tmp_path, key, kind):
 
 
 @needs_openvino
+def test_two_tiles_at_once_give_the_tiles_one_by_one_and_a_stopped_run_leaves_nothing_busy(tmp_path):
+    """With two threads OpenVINOModel runs tiles two at a time (map_tiles); the image is the one
+    its tile-after-tile path (one thread) gives, and a run stopped between tiles (an error, Ctrl-C)
+    leaves the next one working."""
+    plain, _ = runtime.load_sr_model(save_model(tmp_path / 'srresnet.pth'), CPU)
+    exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(plain, channels_last=False))
+    pair = backends.OpenVINOModel(exportable, 'fp32', threads=2)
+    single = backends.OpenVINOModel(exportable, 'fp32', threads=1)
+    assert pair.pair is not None and single.pair is None
+    lr_img = torch.randn(1, 3, 21, 50, generator=torch.Generator().manual_seed(2))  # 3 x 2 tiles of 10-17 px
+    expected = super_resolve.upscale_tensor(single, lr_img, 17, 4)
+    assert (super_resolve.upscale_tensor(pair, lr_img, 17, 4) - expected).abs().max().item() <= FP32_TOLERANCE
+    lr_tiles = [lr_img[:, :, :, :24], lr_img[:, :, :, 24:48], lr_img[:, :, :, :16]]
+    tiles = pair.map_tiles(lr_tiles)
+    first = next(tiles)  # two requests running now
+    tiles.close()  # the caller stops, as an exception in upscale_tensor's loop would
+    assert first.shape == (1, 3, 84, 96)
+    assert (super_resolve.upscale_tensor(pair, lr_img, 17, 4) - expected).abs().max().item() <= FP32_TOLERANCE
+
+
+@needs_openvino
 def test_the_script_writes_the_same_image_on_either_backend(tmp_path, capsys):
     """super_resolve.py --backend=openvino and --backend=torch write the same PNG (within one grey level),
     for an SRGAN checkpoint on tiles, and say which backend ran."""

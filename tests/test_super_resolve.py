@@ -139,6 +139,25 @@ def test_default_overlap_hides_the_seams_of_the_trained_network():
     assert np.abs(seams - whole).max() > 1
 
 
+@pytest.mark.parametrize('height, width, tile_size, tile_overlap', [
+    (270, 854, 384, 16), (24, 32, 7, 16), (17, 75, 29, 16), (9, 13, 4, 2), (40, 300, 100, 0), (5, 6, 0, 0)])
+def test_tiles_cover_the_image_once_with_their_margins_and_widths_of_multiples_of_8(height, width, tile_size,
+                                                                                    tile_overlap):
+    covered = np.zeros((height, width), dtype=int)
+    for (top, bottom, left, right), (top_in, bottom_in, left_in, right_in) in super_resolve.tile_boxes(
+            height, width, tile_size, tile_overlap):
+        covered[top:bottom, left:right] += 1
+        # At least tile_overlap of context on each side, where the image has it.
+        assert top_in == max(top - tile_overlap, 0) and bottom_in == min(bottom + tile_overlap, height)
+        assert left_in <= max(left - tile_overlap, 0) and right_in >= min(right + tile_overlap, width)
+        assert 0 <= left_in and right_in <= width
+        # Widened to a multiple of 8 columns by fewer than 8, or to the whole width.
+        narrow = min(right + tile_overlap, width) - max(left - tile_overlap, 0)
+        assert (right_in - left_in) % super_resolve.TILE_WIDTH_STEP == 0 or (left_in, right_in) == (0, width)
+        assert right_in - left_in < narrow + super_resolve.TILE_WIDTH_STEP
+    assert (covered == 1).all()
+
+
 def test_upscale_tensor_builds_no_autograd_graph(model):
     lr_img = torch.randn(1, 3, 10, 12, requires_grad=True)
     sr_img = super_resolve.upscale_tensor(model, lr_img, 4, 2)
