@@ -51,7 +51,8 @@ CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics 
 # per model (each blend denoise='auto' reads is one): 'auto' never picks it.
 AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
-# AMX, in bf16, 480x270 (two tiles) ran about 7% faster than tile after tile on both threads.
+# AMX, in bf16, 480x270 (two tiles) ran 3-6% faster than tile after tile on both threads, 854x480
+# (six tiles) 11% (results/README.md).
 TILE_STREAMS = 2
 
 
