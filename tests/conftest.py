@@ -39,7 +39,10 @@ def srresnet_checkpoint(tiny_data, tmp_path_factory):
 
 # OpenVINO's CPU runtime and PyTorch's training, in one long process, have ended in a segmentation
 # fault here (2-core Xeon with AMX, OpenVINO 2026.4, PyTorch 2.14: a test process that had compiled
-# OpenVINO models, then trained with DataLoader workers, crashed some tests later). A user's run
+# OpenVINO models, then trained with DataLoader workers, crashed some tests later; and, with the
+# OpenVINO tests last, one that compiled a model for one thread beside two-thread ones crashed
+# eight tests later, in a test that starts a child process: so every OpenVINO test compiles for
+# the same number of threads). A user's run
 # never does both, and neither does a test: outside tests/test_openvino.py the scripts run on
 # PyTorch (their backend='auto' would pick OpenVINO), and the OpenVINO tests run last.
 @pytest.fixture(autouse=True)

@@ -64,8 +64,8 @@ export function tilesOf(width, height, tileSize) {
 }
 
 /** [left, right), a tile's columns with their margins, grown to a multiple of TILE_WIDTH_STEP
- * columns with more of the image's own context (right, then left) where it has them. Some other
- * widths run up to 3x slower per pixel on a CPU. (super_resolve._widen) */
+ * columns with more of the image's own context (right, then left) where it has them: the rule of
+ * super_resolve._widen, kept here so that the page tiles as the script does. */
 export function widen(left, right, width) {
   const extra = (TILE_WIDTH_STEP - (right - left) % TILE_WIDTH_STEP) % TILE_WIDTH_STEP;
   const widerRight = Math.min(right + extra, width);
