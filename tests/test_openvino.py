@@ -26,7 +26,7 @@ import runtime
 import super_resolve
 import utils
 from models import freeze_shuffled_convolutions
-from test_super_resolve import random_model, save_model  # the same tiny SRResNets
+from test_super_resolve import random_model, save_model, textured_image, upscale  # the same tiny SRResNets and images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device('cpu')
@@ -52,18 +52,6 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / 'openvino_cache'
     monkeypatch.setattr(backends, 'OPENVINO_CACHE', str(folder))
     return folder
-
-
-def textured_image(width, height, seed=0):
-    """A PIL RGB image with smooth structure and noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    smooth = 127.5 + 100. * np.sin(x[..., None] / 3. + np.array([0., 1., 2.])) * np.cos(y[..., None] / 4.)
-    return Image.fromarray(np.clip(np.round(smooth + rng.normal(0., 20., smooth.shape)), 0, 255).astype(np.uint8))
-
-
-def upscale(model, img, tile_size=0, tile_overlap=0):
-    return super_resolve.upscale_image(model, img, CPU, tile_size, tile_overlap)
 
 
 def chelsea_pair():
