@@ -324,3 +324,21 @@ def test_auto_denoise_is_the_probability_weighted_value_rounded_to_a_twentieth(t
     torch.save({'model': {}, 'model_args': {}, 'levels': ['clean'], 'level_denoise': [0.], 'power': 1.}, broken)
     with pytest.raises(ValueError, match='broken.pth: its levels'):
         runtime.load_damage_model(str(broken))
+
+
+def test_the_map_fit_leaves_power_1_when_the_curves_are_flat_there(monkeypatch):
+    """Two levels the classifier tells apart only softly (0.55 against 0.45): the second level's images
+    gain only above denoise 0.7, which their mix reaches at powers above 4.2, and the curves are flat
+    around power 1. A fit from power 1 alone stays there; the fit from several powers does not."""
+    import fit_denoise
+    grid = np.linspace(0., 1., 11)
+    first = np.where(grid <= 0.3, 30., 30. - 10. * (grid - 0.3))  # (11,): best at 0, flat up to 0.3
+    second = np.where(grid <= 0.7, 20., 20. + 10. * (grid - 0.7))  # (11,): flat up to 0.7, best at 1
+    probabilities = np.array([[0.55, 0.45]] * 4 + [[0.45, 0.55]] * 4)  # (8 images, 2 levels)
+    curves = [first] * 4 + [second] * 4
+    damage_map = fit_denoise.fit_map(probabilities, curves, grid, [0., 1.])
+    assert damage_map['power'] > 4.2
+    best = fit_denoise.mean_psnr(damage_map['level_denoise'] + [np.log(damage_map['power'])], probabilities, curves, grid)
+    assert best > (30. + 20. + 2.5) / 2  # the first level keeps its 30 dB, the second gains 2.5 of its 3 or more
+    monkeypatch.setattr(fit_denoise, 'POWER_STARTS', (1.,))
+    assert fit_denoise.fit_map(probabilities, curves, grid, [0., 1.])['power'] < 1.5  # what the one start did
