@@ -165,7 +165,7 @@ def test_a_truncated_or_corrupt_video_is_one_line_naming_it_and_leaves_nothing(c
 # ----------------------------------------------------------------------------------------------
 
 def test_an_interrupt_mid_video_ends_in_one_line_with_status_130_and_leaves_nothing(tmp_path):
-    clip = make_clip(tmp_path / 'long.mp4', frames=400, size=(32, 24), audio='default')
+    clip = make_clip(tmp_path / 'long.mp4', frames=1200, size=(32, 24), audio='default')
     checkpoint = save_tiny_checkpoint(tmp_path / 'tiny.pth')
     out = tmp_path / 'out'
     out.mkdir()
