@@ -54,12 +54,20 @@ def snapshot(root):
     return found
 
 
+def sigint_as_in_a_terminal():
+    """preexec_fn of a child to be interrupted: SIGINT at its default, as under a terminal. A child
+    inherits an ignored SIGINT, and twice in the whole suite under .ci/run an interrupted child ran
+    to its end (exit 0) after the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(script, args, interrupt_when=None):
     """Run a script with --key=value args, in the repository (so its shipped checkpoints are found);
     returns (exit status, stdout, stderr). interrupt_when: a function of nothing that says when to
     send SIGINT (polled every 10 ms)."""
     child = subprocess.Popen([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'PYTHONPATH': REPO})
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'PYTHONPATH': REPO},
+                             preexec_fn=sigint_as_in_a_terminal)
     if interrupt_when is not None:
         deadline = time.monotonic() + 120
         while child.poll() is None and not interrupt_when() and time.monotonic() < deadline:

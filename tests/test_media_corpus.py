@@ -22,6 +22,7 @@ from PIL import Image, ImageSequence
 import media_corpus
 import super_resolve
 from media_corpus import FRAMES, RATE, SIZE, decoded_frames, frame_index, make_animation, make_clip, streams
+from probe_files import sigint_as_in_a_terminal
 from test_video import RepeatPixels, save_tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,10 +173,7 @@ def test_an_interrupt_mid_video_ends_in_one_line_with_status_130_and_leaves_noth
     (out / 'long_x4.mp4').write_bytes(b'a file of the user\'s')  # kept, whatever happens
     child = subprocess.Popen([sys.executable, 'super_resolve.py', f'--input_path={clip}', f'--output_folder={out}',
                               f'--checkpoint={checkpoint}'], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
-                             # SIGINT as in a terminal: a child inherits an ignored SIGINT, and twice in the
-                             # whole suite under .ci/run the child ran to its end (exit 0) after the signal
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while len(os.listdir(out)) < 2 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)  # until the video is being written under its temporary name
