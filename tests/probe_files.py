@@ -55,9 +55,10 @@ def snapshot(root):
 
 
 def sigint_as_in_a_terminal():
-    """preexec_fn of a child to be interrupted: SIGINT at its default, as under a terminal. A child
-    inherits an ignored SIGINT, and twice in the whole suite under .ci/run an interrupted child ran
-    to its end (exit 0) after the signal."""
+    """preexec_fn of a child to be interrupted: SIGINT at its default, as under a terminal. A
+    child inherits an ignored SIGINT, and a shell that is not interactive ignores SIGINT in what it
+    starts in the background (`.ci/run &`: the whole suite, then, and every child of it), where an
+    interrupted child ran to its end (exit 0) after the signal."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
