@@ -8,8 +8,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     on the validation images).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
 480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.55-1.69x faster in OpenVINO bf16 than in
-PyTorch bf16 (two tiles at once, map_tiles; median 1.61x), and 1.16-1.17x in fp32 (bench.py's 'backends' section;
-results/README.md).
+PyTorch bf16 (two tiles at once, map_tiles; median 1.61x over five runs), and 1.16-1.17x in fp32
+(bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
 training), because compiling a model for another runtime is a job of its own, and because
