@@ -198,11 +198,11 @@ def with_half_weights(proto):
 
 def grey_level_difference(model_bytes, reference_bytes, batches):
     """max |a - b| of two ONNX files' outputs rounded to 8 bits, over the batches ([0, 1] RGB)."""
-    sessions = [onnxruntime.InferenceSession(b, providers=['CPUExecutionProvider'])
-                for b in (model_bytes, reference_bytes)]
+    runners = [onnxruntime.InferenceSession(b, providers=['CPUExecutionProvider'])  # a loaded model, to run
+               for b in (model_bytes, reference_bytes)]
     worst = 0
     for lr_imgs in batches:
-        actual, expected = (np.round(s.run(['sr'], {'lr': lr_imgs.numpy()})[0] * 255.) for s in sessions)
+        actual, expected = (np.round(runner.run(['sr'], {'lr': lr_imgs.numpy()})[0] * 255.) for runner in runners)
         worst = max(worst, int(np.abs(actual - expected).max()))
     return worst
 

@@ -157,10 +157,10 @@ def decode_png(data_url):
 
 def onnxruntime_whole(img):
     """Python onnxruntime's output for the whole PIL RGB image, rounded to 8 bits: (4H, 4W, 3) ints."""
-    session = onnxruntime.InferenceSession(os.path.join(WEB, 'models', f'{MODEL}.onnx'),
-                                           providers=['CPUExecutionProvider'])
+    runner = onnxruntime.InferenceSession(os.path.join(WEB, 'models', f'{MODEL}.onnx'),
+                                          providers=['CPUExecutionProvider'])
     lr_img = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None] / 255.  # (1, 3, h, w), in [0, 1]
-    [sr_img] = session.run(['sr'], {'lr': lr_img})  # (1, 3, 4h, 4w), in [0, 1]
+    [sr_img] = runner.run(['sr'], {'lr': lr_img})  # (1, 3, 4h, 4w), in [0, 1]
     return np.clip(np.round(sr_img[0].transpose(1, 2, 0) * 255.), 0, 255).astype(int)
 
 
