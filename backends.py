@@ -18,11 +18,13 @@ a script built on super_resolve.py, super_resolve.py could not import it without
 Importing this module imports neither onnx nor openvino: they are imported where they are used.
 """
 import collections
+import concurrent.futures
 import hashlib
 import inspect
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import warnings
@@ -31,6 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import models
 import runtime
 import utils
 
@@ -76,19 +79,42 @@ class ZeroOneSR(nn.Module):
         return utils.convert_image(sr_imgs, source='[-1, 1]', target='[0, 1]')  # (N, 3, h * s, w * s), in [0, 1]
 
 
-def export_model(model, opset=EXPORT_OPSET):
-    """The ONNX ModelProto of ZeroOneSR(model), with a dynamic batch, height and width, written by
-    torch.onnx's torch.export-based exporter (its TorchScript-based one is deprecated)."""
+class ZeroOneTrunk(ZeroOneSR):
+    """ZeroOneSR's first part, the low-resolution trunk: (N, 3, h, w) RGB in [0, 1] -> (N, 64, h, w)."""
+
+    def forward(self, lr_imgs):
+        return self.model.features(utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm'))
+
+
+class ZeroOneUpsampling(ZeroOneSR):
+    """ZeroOneSR's second part: (N, 64, h, w) trunk features -> (N, 3, h * s, w * s) RGB in [0, 1]."""
+
+    def forward(self, features):
+        return utils.convert_image(self.model.upsample(features), source='[-1, 1]', target='[0, 1]')
+
+
+def export_model(model, opset=EXPORT_OPSET, part=ZeroOneSR):
+    """The ONNX ModelProto of part(model) (ZeroOneSR, ZeroOneTrunk or ZeroOneUpsampling), with a
+    dynamic batch, height and width, written by torch.onnx's torch.export-based exporter (its
+    TorchScript-based one is deprecated)."""
     if 'dynamic_shapes' not in inspect.signature(torch.onnx.export).parameters:
         raise runtime.ConfigError(f"this PyTorch ({torch.__version__}) has no torch.export-based ONNX exporter: "
                                   f"export_onnx.py needs a newer one (it was tested with 2.14)")
     example = torch.rand(2, 3, 24, 32)  # neither side 1: torch.export would fix a dimension of size 1
+    names = ['lr', 'sr']
+    if part is ZeroOneUpsampling:
+        with torch.no_grad():
+            example, names = model.features(example), ['features', 'sr']  # (2, 64, 24, 32)
+    elif part is ZeroOneTrunk:
+        names = ['lr', 'features']
+    module = part(model).eval()
     batch, height, width = (torch.export.Dim(name) for name in ('batch', 'height', 'width'))
+    argument = next(iter(inspect.signature(module.forward).parameters))  # 'lr_imgs' or 'features'
     with warnings.catch_warnings():  # torch.export's notes on what it traced; the check below is what counts
         warnings.simplefilter('ignore')
-        program = torch.onnx.export(ZeroOneSR(model).eval(), (example,), dynamo=True, opset_version=opset,
-                                    input_names=['lr'], output_names=['sr'],
-                                    dynamic_shapes={'lr_imgs': {0: batch, 2: height, 3: width}}, verbose=False)
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                    input_names=names[:1], output_names=names[1:],
+                                    dynamic_shapes={argument: {0: batch, 2: height, 3: width}}, verbose=False)
     return program.model_proto
 
 
@@ -261,6 +287,12 @@ class OpenVINOModel(nn.Module):
         calibration: for int8, the images to calibrate on (calibration_images; None reads them).
         threads: CPU threads OpenVINO uses (0 = as many as torch uses).
         cache: where exported graphs are kept (None: OPENVINO_CACHE; cached_openvino_model).
+        strip_width: > 0 (not with int8): the upsampling end runs on column strips of about this
+            many LR columns (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
+
+    With strips the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the upsampling
+    end (ZeroOneUpsampling), so that the second can run strip by strip; in bf16 the features pass
+    between them in bf16, as they were computed. Without, it is one graph (ZeroOneSR).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
@@ -268,25 +300,38 @@ class OpenVINOModel(nn.Module):
     the CPU), and its sub-pixel blocks tell super_resolve.scaling_factor_of the scale.
     """
 
-    def __init__(self, fast, precision='auto', calibration=None, threads=0, cache=None):
+    def __init__(self, fast, precision='auto', calibration=None, threads=0, cache=None, strip_width=0):
         super().__init__()
         import openvino as ov
         self.model = fast.float().cpu().eval()
         self.precision = openvino_precision(precision)
-        key = weights_hash(self.model, f"openvino {ov.get_version()} opset {EXPORT_OPSET}")
+        self.strip_width = strip_width
+        tag = f"openvino {ov.get_version()} opset {EXPORT_OPSET}"
 
-        def make_fp32():
-            return ov.Core().read_model(export_model(self.model).SerializeToString())
+        def graph(part):
+            return ov.Core().read_model(export_model(self.model, part=part).SerializeToString())
 
-        ov_model = cached_openvino_model(key, make_fp32, cache)
+        # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
+        float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
         if self.precision == 'int8':
+            ov_model = cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)
             images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
                 if calibration is None else calibration
             images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
-            ov_model = cached_openvino_model(weights_hash(self.model, f"{key} int8 {images_hash}"),
-                                             lambda: quantize_int8(ov_model, images), cache)
-        # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
-        float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
+            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} int8 {images_hash}"),
+                                            lambda: quantize_int8(ov_model, images), cache)]
+        elif not strip_width:
+            graphs = [cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)]
+        else:
+            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
+                                            lambda part=part: graph(part), cache)
+                      for part in (ZeroOneTrunk, ZeroOneUpsampling)]
+            if float_precision == 'bf16':
+                from openvino.preprocess import PrePostProcessor
+                trunk, upsampling = PrePostProcessor(graphs[0]), PrePostProcessor(graphs[1])
+                trunk.output().tensor().set_element_type(ov.Type.bf16)
+                upsampling.input().tensor().set_element_type(ov.Type.bf16)
+                graphs = [trunk.build(), upsampling.build()]
         threads = threads or torch.get_num_threads()
         # Denormals (below 1.2e-38) are flushed to zero: far below a grey level, and 2% faster
         # (480x270 in bf16 on a 2-core Xeon with AMX, results/README.md).
@@ -294,13 +339,14 @@ class OpenVINOModel(nn.Module):
                     'CPU_DENORMALS_OPTIMIZATION': True}
         core = ov.Core()
         # One tile on every thread; several tiles two at a time, each on half the threads (map_tiles).
-        self.request = core.compile_model(ov_model, 'CPU', {**settings, 'PERFORMANCE_HINT': 'LATENCY'}) \
-            .create_infer_request()
+        # Each request set holds one request per graph.
+        single = [core.compile_model(g, 'CPU', {**settings, 'PERFORMANCE_HINT': 'LATENCY'}) for g in graphs]
+        self.requests = [compiled.create_infer_request() for compiled in single]
         self.pair = None
         if threads >= 2:
-            pair = core.compile_model(ov_model, 'CPU', {**settings, 'PERFORMANCE_HINT': 'THROUGHPUT',
-                                                        'NUM_STREAMS': TILE_STREAMS})
-            self.pair = [pair.create_infer_request() for _ in range(TILE_STREAMS)]
+            pair = [core.compile_model(g, 'CPU', {**settings, 'PERFORMANCE_HINT': 'THROUGHPUT',
+                                                  'NUM_STREAMS': TILE_STREAMS}) for g in graphs]
+            self.pair = [[compiled.create_infer_request() for compiled in pair] for _ in range(TILE_STREAMS)]
 
     @property
     def subpixel_convolutional_blocks(self):
@@ -308,39 +354,62 @@ class OpenVINOModel(nn.Module):
 
     def forward(self, lr_imgs):
         """(N, 3, h, w) ImageNet-normed -> (N, 3, h * s, w * s) in [-1, 1], float32 on the CPU."""
-        return next(self.map_tiles([lr_imgs]))
+        return self.run(self.requests, lr_imgs)
 
-    def map_tiles(self, lr_tiles):
-        """forward() of each tile in the list, yielded in order; with two or more tiles and threads,
-        two run at once, each on half the threads (super_resolve.upscale_tensor calls this)."""
+    def run(self, requests, lr_imgs):
+        """forward() of one tile on one request set (one request per graph)."""
+        import openvino as ov
         mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
-
-        def graph_input(lr_imgs):  # (N, 3, h, w), ImageNet-normed -> the graph's input, in [0, 1]
-            return (lr_imgs.float().cpu() * std + mean).numpy()
+        lr_imgs = (lr_imgs.float().cpu() * std + mean).numpy()  # (N, 3, h, w), the graph's input, in [0, 1]
 
         def output(request):  # the request's (N, 3, h * s, w * s) in [0, 1] -> a new tensor in [-1, 1]
             return (torch.from_numpy(request.get_output_tensor(0).data) * 2.).sub_(1.)
 
+        if len(requests) == 1:
+            requests[0].infer([lr_imgs])
+            return output(requests[0])
+        trunk, upsampling = requests
+        trunk.infer([lr_imgs])
+        # (N, 64, h, w); numpy has no bfloat16, so bf16 features arrive as 16-bit words it calls
+        # float16, and go back as the same bits (they are only sliced and copied on the way).
+        features = trunk.get_output_tensor(0)
+        element_type = features.get_element_type()
+
+        def upsample(strip):  # (N, 64, h, w') -> (N, 3, h * s, w' * s) in [-1, 1]
+            strip = strip.contiguous().numpy()
+            upsampling.infer([ov.Tensor(strip, strip.shape, element_type)])
+            return output(upsampling)
+
+        return models.in_column_strips(upsample, torch.from_numpy(features.data), self.strip_width,
+                                       self.model.upsampling_margin)
+
+    def map_tiles(self, lr_tiles):
+        """forward() of each tile in the list, yielded in order; with two or more tiles and threads,
+        two run at once, each on half the threads (super_resolve.upscale_tensor calls this)."""
         if len(lr_tiles) < 2 or self.pair is None:
             for lr_imgs in lr_tiles:
-                self.request.infer([graph_input(lr_imgs)])
-                yield output(self.request)
+                yield self.run(self.requests, lr_imgs)
             return
-        running = collections.deque()  # requests started and not yet read, oldest first
-        try:
-            for i, lr_imgs in enumerate(lr_tiles):
-                if len(running) == len(self.pair):  # both busy: wait for the older, this tile's request
-                    request = running.popleft()
-                    request.wait()
-                    yield output(request)
-                request = self.pair[i % len(self.pair)]
-                request.start_async([graph_input(lr_imgs)])  # the input is copied (share_inputs=False)
-                running.append(request)
+        free = queue.SimpleQueue()  # the request sets not in use; as many as the threads below
+        for requests in self.pair:
+            free.put(requests)
+
+        def run_on_a_free_set(lr_imgs):
+            requests = free.get()
+            try:
+                return self.run(requests, lr_imgs)
+            finally:
+                free.put(requests)
+
+        # OpenVINO lets go of Python's lock while it computes, so two threads run two tiles at once.
+        # Leaving the `with` waits for both: a caller that stops early (an error, Ctrl-C) leaves no
+        # request busy for the next call.
+        with concurrent.futures.ThreadPoolExecutor(len(self.pair)) as pool:
+            running = collections.deque()  # tiles started and not yet given, oldest first
+            for lr_imgs in lr_tiles:
+                if len(running) == len(self.pair):
+                    yield running.popleft().result()
+                running.append(pool.submit(run_on_a_free_set, lr_imgs))
             while running:
-                request = running.popleft()
-                request.wait()
-                yield output(request)
-        finally:  # a caller that stops early (an error, Ctrl-C) leaves no request busy for the next call
-            for request in running:
-                request.wait()
+                yield running.popleft().result()

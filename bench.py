@@ -33,7 +33,8 @@ repeats interleaved, so a machine busy with something else slows both alike):
    inference input, with each row's share of the measured bf16 (or fp32) convolution peak, its
    differences from PyTorch fp32 and its PSNR on `precision_images`. int8 is calibrated on the
    validation list (backends.CALIBRATION_LIST); a row that cannot run (OpenVINO or NNCF missing)
-   is a note.
+   is a note. Then each model that runs its upsampling end on column strips (bf16 on a CPU with
+   AMX) is timed with each of `strip_widths` (super_resolve.STRIP_WIDTHS), side by side.
 7. Video (section 'video', not run by default): a synthetic `video_size` clip of `video_frames`
    frames made with PyAV, and where its time goes: decoding, the model (what backend='auto' runs)
    and H.264 encoding of the 4x frames, each timed alone; then the whole clip through
@@ -103,6 +104,7 @@ peak_conv_shape: list = [1, 256, 128, 128]  # (N, C, H, W) of the C->C 3x3 conv 
 precision_checkpoint: str = 'checkpoints/srresnet_x4.pth'  # section 5's model (trained: its differences are real)
 precision_images: str = 'examples'  # section 5's HR images for the differences and PSNR (e.g. a Set14 folder)
 precisions: list = []  # half precisions section 5 compares with fp32 ([] = the one precision='auto' picks here)
+strip_widths: list = [0, 32, 48, 64, 96, 128]  # section 6: column-strip widths timed (0: none; super_resolve.STRIP_WIDTHS)
 video_size: list = [854, 480]  # section 'video': [width, height] of the synthetic clip (480p)
 video_frames: int = 24  # section 'video': its frames
 sections: str = 'peak,inference,precision,training'  # which to run, comma-separated (tiling is part of inference;
@@ -664,7 +666,37 @@ def bench_backends(config, device, macs):
             'tile_overlap': super_resolve.tile_overlap, 'statistic': f'best of {config.inference_repeats}',
             'images': config.precision_images, 'n_images': n_images, 'auto': list(auto_row),
             'auto_speedup_vs_torch_auto': seconds[torch_auto] / seconds[auto_row] if auto_row in seconds else None,
-            'rows': result_rows, 'notes': notes}
+            'rows': result_rows, 'strips': bench_strips(config, device, models, lr_img), 'notes': notes}
+
+
+def bench_strips(config, device, models, lr_img):
+    """The 'backends' section's strip rows: each model that runs its upsampling end on column strips
+    (super_resolve.STRIP_WIDTHS, bf16 on a CPU with AMX) timed with each of strip_widths, side by
+    side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO the one
+    graph it compiles without strips. Returns a list of rows ([] where no model uses strips)."""
+    import backends
+    import super_resolve
+    striped = {key: model for key, model in models.items() if getattr(model, 'strip_width', 0)}
+    if not striped or not config.strip_widths:
+        return []
+    paths, widths = {}, {}
+    for (backend, precision), model in striped.items():
+        widths[backend] = model.strip_width
+        for strip_width in config.strip_widths:
+            run_model = model
+            if backend == 'openvino' and strip_width == 0:  # the one-graph model, as without strips
+                run_model = backends.OpenVINOModel(model.model, precision)
+            paths[backend, precision, strip_width] = lambda model=model, run_model=run_model, strip_width=strip_width: (
+                setattr(model, 'strip_width', strip_width),
+                super_resolve.upscale_tensor(run_model, lr_img, super_resolve.tile_size, super_resolve.tile_overlap))
+    print(f"  strips: {', '.join(f'{b} {p}' for b, p in striped)}, widths {config.strip_widths}")
+    seconds, _ = time_interleaved(paths, device, config.inference_repeats, statistic=np.min)
+    for (backend, precision), model in striped.items():
+        model.strip_width = widths[backend]  # as super_resolve sets it
+    return [{'backend': backend, 'precision': precision, 'strip_width': strip_width, 'seconds': seconds[key],
+             'speedup_vs_no_strips': seconds[backend, precision, 0] / seconds[key] if (backend, precision, 0) in seconds
+             else None, 'default': strip_width == widths[backend]}
+            for key in paths for backend, precision, strip_width in [key]]
 
 
 def make_test_clip(path, width, height, frames, rate=24):
@@ -823,6 +855,11 @@ def print_table(results):
         if backends_section['auto_speedup_vs_torch_auto']:
             print(f"   backend='auto' ({' '.join(backends_section['auto'])}) runs "
                   f"{backends_section['auto_speedup_vs_torch_auto']:.2f}x as fast as PyTorch's precision='auto'")
+        if backends_section.get('strips'):
+            print(f"   column strips of the upsampling end (0: none), {backends_section['statistic']}:")
+            for row in backends_section['strips']:
+                print(f"   {row['backend']:<10}{row['precision']:<11}{row['strip_width']:>4} columns"
+                      f"{row['seconds']:>8.3f} s{row['speedup_vs_no_strips'] or 0:>8.2f}x{'  (default)' if row['default'] else ''}")
     clip = results.get('video')
     if clip:
         peak_name = 'bf16' if 'bf16' in peaks else 'fp32'

@@ -145,6 +145,11 @@ max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP,
 # middle tile of a 854-wide frame: 1.7x; 293, 299, 313, 335: 2.2-2.9x) and in PyTorch (317: 1.4x), and
 # every multiple of 8 from 200 to 416 at full speed; the height made no difference (results/README.md).
 TILE_WIDTH_STEP = 8
+# In bf16 on a CPU with AMX the upsampling end runs on column strips of about this many LR columns
+# (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. On 480x270, on a
+# 2-core Xeon with AMX, bench.py's 'strips' rows: see results/README.md; in fp32, bound by arithmetic,
+# the strips' margins made both backends 1-7% slower, so fp32 runs without.
+STRIP_WIDTHS = {'torch': 48, 'openvino': 96}
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
 # pixel (the float32 SR tensor is 12, the 8-bit image 3, the rest conversions and the PNG encoder),
@@ -197,11 +202,19 @@ def prepare_for_backend(model, backend, device, precision, channels_last=True):
     'torch': prepare_for_inference's model, computing in runtime.inference_dtype(device, precision).
     'openvino': that network as export_onnx.py exports it (float32, NCHW, its shuffled convolution
     frozen), compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
+    Where they compute in bf16 on a CPU with AMX, both run the upsampling end on column strips of
+    about STRIP_WIDTHS[backend] LR columns.
     """
+    bf16_units = device.type == 'cpu' and runtime.cpu_has_bf16_matrix_units()
     if backend == 'openvino':
         exportable = freeze_shuffled_convolutions(prepare_for_inference(model, channels_last=False))
-        return backends.OpenVINOModel(exportable, precision)
-    return prepare_for_inference(model, channels_last, runtime.inference_dtype(device, precision))
+        strips = bf16_units and backends.openvino_precision(precision) == 'bf16'
+        return backends.OpenVINOModel(exportable, precision, strip_width=STRIP_WIDTHS['openvino'] if strips else 0)
+    dtype = runtime.inference_dtype(device, precision)
+    fast = prepare_for_inference(model, channels_last, dtype)
+    if bf16_units and dtype == torch.bfloat16 and hasattr(fast, 'strip_width'):
+        fast.strip_width = STRIP_WIDTHS['torch']  # models.in_column_strips
+    return fast
 
 
 def srgan_label(checkpoint):

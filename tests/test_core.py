@@ -992,6 +992,55 @@ def test_shuffled_convolution_and_inplace_activations_keep_the_output():
         assert (actual - expected).abs().max() < 1e-5
 
 
+def test_column_strips_cover_the_width_and_keep_clear_of_their_inner_edges():
+    """models.column_strips, for every width up to 1,200: equal strips inside the image, whose kept
+    columns tile [0, width) in order, each at least `margin` columns from a strip's inner edge (the
+    zero padding there then changes nothing kept)."""
+    from models import column_strips
+    for margin in (1, 4, 6):
+        for strip_width in (16, 96):
+            for width in range(1, 1201):
+                strip, boxes = column_strips(width, margin, strip_width)
+                assert [box[1] for box in boxes][0] == 0 and boxes[-1][2] == width
+                for i, (start, keep_from, keep_to) in enumerate(boxes):
+                    assert 0 <= start and start + strip <= width and keep_from < keep_to
+                    if i > 0:
+                        assert boxes[i - 1][2] == keep_from and keep_from - start >= margin
+                    if i < len(boxes) - 1:
+                        assert start + strip - keep_to >= margin
+                assert len(boxes) == 1 or strip % 8 == 0
+
+
+def test_upsampling_in_column_strips_keeps_the_output():
+    """An SRResNet with strip_width set (as super_resolve.prepare_for_backend sets it for bf16 on a
+    CPU) gives the whole model's output, for x2, x4 and x8 and a 5x5 last kernel, at widths of one
+    to several strips; upsampling_margin covers how far a change in the features reaches."""
+    from models import inplace_activations, shuffle_last_convolution
+    for args in (dict(n_channels=16, n_blocks=2, scaling_factor=4), dict(n_channels=8, n_blocks=1, scaling_factor=2),
+                 dict(n_channels=8, n_blocks=1, scaling_factor=8, large_kernel_size=5)):
+        torch.manual_seed(0)
+        model = inplace_activations(shuffle_last_convolution(fold_batchnorm(SRResNet(**args).eval())))
+        scale, margin = args['scaling_factor'], model.upsampling_margin
+        for width in (9, 40, 67):
+            lr_imgs = torch.randn(2, 3, 7, width)
+            with torch.no_grad():
+                model.strip_width = 0
+                expected = model(lr_imgs)
+                model.strip_width = 16
+                actual = model(lr_imgs)
+            assert actual.shape == expected.shape and expected.std() > 0.01
+            assert (actual - expected).abs().max() < 1e-5
+        # The reach: a change in feature column 30 leaves every output column outside its margin alone.
+        features = torch.randn(1, args['n_channels'], 7, 61)
+        changed = features.clone()
+        changed[..., 30] += 1.
+        with torch.no_grad():
+            difference = (model.upsample(changed) - model.upsample(features)).abs().amax(dim=(0, 1, 2))
+        touched = (difference > 0).nonzero().flatten()
+        assert touched.numel() > 0
+        assert touched.min() >= (30 - margin) * scale and touched.max() < (31 + margin) * scale
+
+
 def test_shuffled_last_convolution_trains_the_same_parameters():
     """In training mode, the shuffled last convolution keeps the plain model's parameters, names
     and state_dict, and gives the same output and the same gradients for them (the conv biases

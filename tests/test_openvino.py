@@ -92,28 +92,34 @@ def test_openvino_equals_pytorch_at_odd_sizes_and_on_tiles(tmp_path, key, kind):
 @needs_openvino
 def test_two_tiles_at_once_give_the_tiles_one_by_one_and_a_stopped_run_leaves_nothing_busy(tmp_path):
     """With two threads OpenVINOModel runs several tiles two at a time (map_tiles): each output is
-    the one its single request gives tile by tile, in order; and a run stopped between tiles (an
-    error, Ctrl-C) leaves the next one working. (One model only: a second one compiled for a single
-    thread in this process was followed, some tests later, by a segmentation fault; see conftest.py.)
-    Both compiled models flush denormals (2% faster, results/README.md)."""
+    the one its single request set gives tile by tile, in order, and PyTorch's; and a run stopped
+    between tiles (an error, Ctrl-C) leaves the next one working. The model runs its upsampling end
+    on column strips (two graphs; the tiles are 3-4 strips wide), as in bf16 with AMX. (One model
+    only: a second one compiled for a single thread in this process was followed, some tests later,
+    by a segmentation fault; see conftest.py.) Every compiled graph flushes denormals (2% faster,
+    results/README.md)."""
     plain, _ = runtime.load_sr_model(save_model(tmp_path / 'srresnet.pth'), CPU)
     exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(plain, channels_last=False))
-    model = backends.OpenVINOModel(exportable, 'fp32', threads=2)
+    model = backends.OpenVINOModel(exportable, 'fp32', threads=2, strip_width=16)
     assert model.pair is not None
-    assert all(request.get_compiled_model().get_property('CPU_DENORMALS_OPTIMIZATION')
-               for request in [model.request, *model.pair])
-    lr_img = torch.randn(1, 3, 21, 50, generator=torch.Generator().manual_seed(2))  # ImageNet-normed
-    lr_tiles = [lr_img[:, :, :, :24], lr_img[:, :, :, 24:48], lr_img[:, :, :16, 8:40]]
-    one_by_one = [model(lr_tile) for lr_tile in lr_tiles]  # forward(): the single request, on both threads
+    requests = [*model.requests, *(request for request_set in model.pair for request in request_set)]
+    assert len(requests) == 6  # the trunk's and the upsampling end's: alone, and two sets for the pairs
+    assert all(request.get_compiled_model().get_property('CPU_DENORMALS_OPTIMIZATION') for request in requests)
+    lr_img = torch.randn(1, 3, 21, 100, generator=torch.Generator().manual_seed(2))  # ImageNet-normed
+    lr_tiles = [lr_img[:, :, :, :48], lr_img[:, :, :, 48:96], lr_img[:, :, :16, 8:72]]
+    one_by_one = [model(lr_tile) for lr_tile in lr_tiles]  # forward(): the single request set, on both threads
     two_at_once = list(model.map_tiles(lr_tiles))
-    assert [tuple(sr.shape) for sr in two_at_once] == [(1, 3, 84, 96), (1, 3, 84, 96), (1, 3, 64, 128)]
+    assert [tuple(sr.shape) for sr in two_at_once] == [(1, 3, 84, 192), (1, 3, 84, 192), (1, 3, 64, 256)]
     assert all((a - b).abs().max().item() <= FP32_TOLERANCE for a, b in zip(two_at_once, one_by_one))
+    with torch.inference_mode():
+        assert all((exportable(lr_tile) - sr).abs().max().item() <= FP32_TOLERANCE
+                   for lr_tile, sr in zip(lr_tiles, one_by_one))
     # Stopped after the first of a small tile, a large one and a small one: the large one is still running.
     large = torch.randn(1, 3, 192, 192, generator=torch.Generator().manual_seed(3))
     tiles = model.map_tiles([lr_tiles[0], large, lr_tiles[2]])
     next(tiles)
     tiles.close()  # the caller stops, as an exception in upscale_tensor's loop would
-    assert all(request.wait_for(0) for request in model.pair)  # nothing left running
+    assert all(request.wait_for(0) for request in requests)  # nothing left running
     again = list(model.map_tiles(lr_tiles))
     assert all((a - b).abs().max().item() <= FP32_TOLERANCE for a, b in zip(again, one_by_one))
 
