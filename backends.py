@@ -7,9 +7,9 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (quantised by NNCF, `pip install nncf`, calibrated
     on the validation images).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.55-1.69x faster in OpenVINO bf16 than in
-PyTorch bf16 (two tiles at once, map_tiles; median 1.61x over five runs), and 1.16-1.17x in fp32
-(bench.py's 'backends' section; results/README.md).
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.33-1.41x faster in OpenVINO bf16 than in
+PyTorch bf16 (both with column strips, five runs; two tiles at once, map_tiles), and 1.19-1.22x in
+fp32 (bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
 training), because compiling a model for another runtime is a job of its own, and because
@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import warnings
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -371,17 +372,17 @@ class OpenVINOModel(nn.Module):
             return output(requests[0])
         trunk, upsampling = requests
         trunk.infer([lr_imgs])
-        # (N, 64, h, w); numpy has no bfloat16, so bf16 features arrive as 16-bit words it calls
-        # float16, and go back as the same bits (they are only sliced and copied on the way).
-        features = trunk.get_output_tensor(0)
+        features = trunk.get_output_tensor(0)  # (N, 64, h, w)
         element_type = features.get_element_type()
+        # numpy has no bfloat16: bf16 features travel as their 16-bit words, only sliced and copied.
+        words = features.data.view(np.uint16) if element_type == ov.Type.bf16 else features.data
 
         def upsample(strip):  # (N, 64, h, w') -> (N, 3, h * s, w' * s) in [-1, 1]
             strip = strip.contiguous().numpy()
             upsampling.infer([ov.Tensor(strip, strip.shape, element_type)])
             return output(upsampling)
 
-        return models.in_column_strips(upsample, torch.from_numpy(features.data), self.strip_width,
+        return models.in_column_strips(upsample, torch.from_numpy(words), self.strip_width,
                                        self.model.upsampling_margin)
 
     def map_tiles(self, lr_tiles):

@@ -146,9 +146,9 @@ max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP,
 # every multiple of 8 from 200 to 416 at full speed; the height made no difference (results/README.md).
 TILE_WIDTH_STEP = 8
 # In bf16 on a CPU with AMX the upsampling end runs on column strips of about this many LR columns
-# (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. On 480x270, on a
-# 2-core Xeon with AMX, bench.py's 'strips' rows: see results/README.md; in fp32, bound by arithmetic,
-# the strips' margins made both backends 1-7% slower, so fp32 runs without.
+# (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. Each backend's
+# best of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows): PyTorch 1.32-1.42x,
+# OpenVINO 1.06-1.16x faster. In fp32, bound by arithmetic, strips made both 1-10% slower: none there.
 STRIP_WIDTHS = {'torch': 48, 'openvino': 96}
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
