@@ -69,6 +69,7 @@ class ZeroOneSR(nn.Module):
 
     (N, 3, h, w) RGB in [0, 1] -> (N, 3, h * s, w * s) RGB in [0, 1].
     """
+    names = ('lr', 'sr')  # the exported graph's input and output
 
     def __init__(self, model):
         super().__init__()
@@ -82,6 +83,7 @@ class ZeroOneSR(nn.Module):
 
 class ZeroOneTrunk(ZeroOneSR):
     """ZeroOneSR's first part, the low-resolution trunk: (N, 3, h, w) RGB in [0, 1] -> (N, 64, h, w)."""
+    names = ('lr', 'features')
 
     def forward(self, lr_imgs):
         return self.model.features(utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm'))
@@ -89,6 +91,7 @@ class ZeroOneTrunk(ZeroOneSR):
 
 class ZeroOneUpsampling(ZeroOneSR):
     """ZeroOneSR's second part: (N, 64, h, w) trunk features -> (N, 3, h * s, w * s) RGB in [0, 1]."""
+    names = ('features', 'sr')
 
     def forward(self, features):
         return utils.convert_image(self.model.upsample(features), source='[-1, 1]', target='[0, 1]')
@@ -102,20 +105,15 @@ def export_model(model, opset=EXPORT_OPSET, part=ZeroOneSR):
         raise runtime.ConfigError(f"this PyTorch ({torch.__version__}) has no torch.export-based ONNX exporter: "
                                   f"export_onnx.py needs a newer one (it was tested with 2.14)")
     example = torch.rand(2, 3, 24, 32)  # neither side 1: torch.export would fix a dimension of size 1
-    names = ['lr', 'sr']
-    if part is ZeroOneUpsampling:
+    if part.names[0] == 'features':
         with torch.no_grad():
-            example, names = model.features(example), ['features', 'sr']  # (2, 64, 24, 32)
-    elif part is ZeroOneTrunk:
-        names = ['lr', 'features']
-    module = part(model).eval()
+            example = model.features(example)  # (2, 64, 24, 32)
     batch, height, width = (torch.export.Dim(name) for name in ('batch', 'height', 'width'))
-    argument = next(iter(inspect.signature(module.forward).parameters))  # 'lr_imgs' or 'features'
     with warnings.catch_warnings():  # torch.export's notes on what it traced; the check below is what counts
         warnings.simplefilter('ignore')
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                    input_names=names[:1], output_names=names[1:],
-                                    dynamic_shapes={argument: {0: batch, 2: height, 3: width}}, verbose=False)
+        program = torch.onnx.export(part(model).eval(), (example,), dynamo=True, opset_version=opset,
+                                    input_names=part.names[:1], output_names=part.names[1:],
+                                    dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False)
     return program.model_proto
 
 
@@ -307,6 +305,8 @@ class OpenVINOModel(nn.Module):
         self.model = fast.float().cpu().eval()
         self.precision = openvino_precision(precision)
         self.strip_width = strip_width
+        self.mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)  # to undo the ImageNet normalisation
+        self.std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
         tag = f"openvino {ov.get_version()} opset {EXPORT_OPSET}"
 
         def graph(part):
@@ -314,16 +314,15 @@ class OpenVINOModel(nn.Module):
 
         # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
         float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
+        if self.precision == 'int8' or not strip_width:  # one graph
+            graphs = [cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)]
         if self.precision == 'int8':
-            ov_model = cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)
             images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
                 if calibration is None else calibration
             images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
             graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} int8 {images_hash}"),
-                                            lambda: quantize_int8(ov_model, images), cache)]
-        elif not strip_width:
-            graphs = [cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)]
-        else:
+                                            lambda: quantize_int8(graphs[0], images), cache)]
+        elif strip_width:
             graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
                                             lambda part=part: graph(part), cache)
                       for part in (ZeroOneTrunk, ZeroOneUpsampling)]
@@ -360,9 +359,7 @@ class OpenVINOModel(nn.Module):
     def run(self, requests, lr_imgs):
         """forward() of one tile on one request set (one request per graph)."""
         import openvino as ov
-        mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
-        lr_imgs = (lr_imgs.float().cpu() * std + mean).numpy()  # (N, 3, h, w), the graph's input, in [0, 1]
+        lr_imgs = (lr_imgs.float().cpu() * self.std + self.mean).numpy()  # (N, 3, h, w), the graph's input, in [0, 1]
 
         def output(request):  # the request's (N, 3, h * s, w * s) in [0, 1] -> a new tensor in [-1, 1]
             return (torch.from_numpy(request.get_output_tensor(0).data) * 2.).sub_(1.)

@@ -51,6 +51,7 @@ after the results are written.
 """
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -679,6 +680,10 @@ def bench_strips(config, device, models, lr_img):
     striped = {key: model for key, model in models.items() if getattr(model, 'strip_width', 0)}
     if not striped or not config.strip_widths:
         return []
+    def timed(model, run_model, strip_width):  # run_model: model, or its one-graph twin for width 0
+        model.strip_width = strip_width
+        return super_resolve.upscale_tensor(run_model, lr_img, super_resolve.tile_size, super_resolve.tile_overlap)
+
     paths, widths = {}, {}
     for (backend, precision), model in striped.items():
         widths[backend] = model.strip_width
@@ -686,17 +691,16 @@ def bench_strips(config, device, models, lr_img):
             run_model = model
             if backend == 'openvino' and strip_width == 0:  # the one-graph model, as without strips
                 run_model = backends.OpenVINOModel(model.model, precision)
-            paths[backend, precision, strip_width] = lambda model=model, run_model=run_model, strip_width=strip_width: (
-                setattr(model, 'strip_width', strip_width),
-                super_resolve.upscale_tensor(run_model, lr_img, super_resolve.tile_size, super_resolve.tile_overlap))
+            paths[backend, precision, strip_width] = functools.partial(timed, model, run_model, strip_width)
     print(f"  strips: {', '.join(f'{b} {p}' for b, p in striped)}, widths {config.strip_widths}")
     seconds, _ = time_interleaved(paths, device, config.inference_repeats, statistic=np.min)
     for (backend, precision), model in striped.items():
         model.strip_width = widths[backend]  # as super_resolve sets it
-    return [{'backend': backend, 'precision': precision, 'strip_width': strip_width, 'seconds': seconds[key],
-             'speedup_vs_no_strips': seconds[backend, precision, 0] / seconds[key] if (backend, precision, 0) in seconds
-             else None, 'default': strip_width == widths[backend]}
-            for key in paths for backend, precision, strip_width in [key]]
+    return [{'backend': backend, 'precision': precision, 'strip_width': strip_width,
+             'seconds': seconds[backend, precision, strip_width],
+             'speedup_vs_no_strips': seconds[backend, precision, 0] / seconds[backend, precision, strip_width]
+             if (backend, precision, 0) in seconds else None, 'default': strip_width == widths[backend]}
+            for backend, precision, strip_width in paths]
 
 
 def make_test_clip(path, width, height, frames, rate=24):

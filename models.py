@@ -309,7 +309,7 @@ def column_strips(width, margin, strip_width, step=8):
     Returns (strip, boxes): each strip reads `strip` columns from `start`, and its output is kept
     for the columns [keep_from, keep_to): at least `margin` columns inside its inner edges, so the
     zero padding there changes nothing kept. The strips are about strip_width wide, rounded up to a
-    multiple of `step` (convolutions run faster at such widths).
+    multiple of `step` (convolutions run faster at such widths, as super_resolve.TILE_WIDTH_STEP found).
     """
     n = math.ceil(width / strip_width) if strip_width > 0 else 1
     strip = min(-(-(math.ceil(width / n) + 2 * margin + 1) // step) * step, width)  # +1: the rounded starts

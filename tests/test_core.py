@@ -1001,7 +1001,7 @@ def test_column_strips_cover_the_width_and_keep_clear_of_their_inner_edges():
         for strip_width in (16, 96):
             for width in range(1, 1201):
                 strip, boxes = column_strips(width, margin, strip_width)
-                assert [box[1] for box in boxes][0] == 0 and boxes[-1][2] == width
+                assert boxes[0][1] == 0 and boxes[-1][2] == width
                 for i, (start, keep_from, keep_to) in enumerate(boxes):
                     assert 0 <= start and start + strip <= width and keep_from < keep_to
                     if i > 0:
