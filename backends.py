@@ -7,8 +7,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (quantised by NNCF, `pip install nncf`, calibrated
     on the validation images).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.33-1.41x faster in OpenVINO bf16 than in
-PyTorch bf16 (both with column strips, five runs; two tiles at once, map_tiles), and 1.19-1.22x in
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.33-1.53x faster in OpenVINO bf16 than in
+PyTorch bf16 (both with column strips, seven runs; two tiles at once, map_tiles), and 1.14-1.41x in
 fp32 (bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
@@ -51,8 +51,8 @@ CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test
 CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
 # Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 cost 0.043 dB (SRResNet) and
 # 0.029 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 47 and 135 grey levels
-# (bf16: 10), for 1.17-1.25x bf16's speed, and needs the validation images and 15 s of calibration
-# per model (each blend denoise='auto' reads is one): 'auto' never picks it.
+# (bf16: 10), for a little more of bf16's speed, and needs the validation images and 13-16 s of
+# calibration per model (each blend denoise='auto' reads is one): 'auto' never picks it.
 AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
 # AMX, in bf16, 480x270 (two tiles) ran 3-6% faster than tile after tile on both threads, 854x480
@@ -70,6 +70,7 @@ class ZeroOneSR(nn.Module):
     (N, 3, h, w) RGB in [0, 1] -> (N, 3, h * s, w * s) RGB in [0, 1].
     """
     names = ('lr', 'sr')  # the exported graph's input and output
+    float_layers = (0, -1)  # in int8, the convolutions left in floating point (quantize_int8)
 
     def __init__(self, model):
         super().__init__()
@@ -84,6 +85,7 @@ class ZeroOneSR(nn.Module):
 class ZeroOneTrunk(ZeroOneSR):
     """ZeroOneSR's first part, the low-resolution trunk: (N, 3, h, w) RGB in [0, 1] -> (N, 64, h, w)."""
     names = ('lr', 'features')
+    float_layers = (0,)
 
     def forward(self, lr_imgs):
         return self.model.features(utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm'))
@@ -92,6 +94,7 @@ class ZeroOneTrunk(ZeroOneSR):
 class ZeroOneUpsampling(ZeroOneSR):
     """ZeroOneSR's second part: (N, 64, h, w) trunk features -> (N, 3, h * s, w * s) RGB in [0, 1]."""
     names = ('features', 'sr')
+    float_layers = (-1,)
 
     def forward(self, features):
         return utils.convert_image(self.model.upsample(features), source='[-1, 1]', target='[0, 1]')
@@ -208,15 +211,16 @@ def calibration_images(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRA
     return images
 
 
-def quantize_int8(ov_model, images):
+def quantize_int8(ov_model, images, float_layers=(0, -1)):
     """The OpenVINO model quantised to int8 by NNCF's post-training quantisation on `images`
-    (the graph's inputs: (1, 3, h, w) float32 in [0, 1]).
+    (the graph's inputs, float32 arrays: for the whole network (1, 3, h, w) in [0, 1]).
 
     Weights are int8 per output channel, activations int8 with ranges from the images' statistics
     ('mixed' preset: asymmetric activations, as the PReLU outputs and the normalised input are not
-    centred). The first convolution (it reads the image) and the last (it writes the output's
-    pixels) stay in floating point: quantised too, they cost 0.085 dB on Set14 instead of 0.043,
-    with the shipped SRResNet, for no measurable speed (they are 2 of 37 layers).
+    centred). The convolutions at `float_layers` (indices in the graph's order) stay in floating
+    point: the network's first (it reads the image) and last (it writes the output's pixels).
+    Quantised too, they cost 0.085 dB on Set14 instead of 0.043, with the shipped SRResNet, for no
+    measurable speed (they are 2 of 37 layers).
     """
     try:
         import nncf
@@ -225,7 +229,7 @@ def quantize_int8(ov_model, images):
     nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
     convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
     return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
-                         ignored_scope=nncf.IgnoredScope(names=[convolutions[0], convolutions[-1]]))
+                         ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,12 +290,13 @@ class OpenVINOModel(nn.Module):
         calibration: for int8, the images to calibrate on (calibration_images; None reads them).
         threads: CPU threads OpenVINO uses (0 = as many as torch uses).
         cache: where exported graphs are kept (None: OPENVINO_CACHE; cached_openvino_model).
-        strip_width: > 0 (not with int8): the upsampling end runs on column strips of about this
-            many LR columns (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
+        strip_width: > 0: the upsampling end runs on column strips of about this many LR columns
+            (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
 
     With strips the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the upsampling
     end (ZeroOneUpsampling), so that the second can run strip by strip; in bf16 the features pass
-    between them in bf16, as they were computed. Without, it is one graph (ZeroOneSR).
+    between them in bf16, as they were computed. In int8 each graph is quantised on its own inputs
+    (the same quantisers as in one graph). Without strips, it is one graph (ZeroOneSR).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
@@ -314,24 +319,33 @@ class OpenVINOModel(nn.Module):
 
         # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
         float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
-        if self.precision == 'int8' or not strip_width:  # one graph
-            graphs = [cached_openvino_model(weights_hash(self.model, tag), lambda: graph(ZeroOneSR), cache)]
+        parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width else (ZeroOneSR,)
+        graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
+                                        lambda part=part: graph(part), cache) for part in parts]
         if self.precision == 'int8':
             images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
                 if calibration is None else calibration
             images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
-            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} int8 {images_hash}"),
-                                            lambda: quantize_int8(graphs[0], images), cache)]
-        elif strip_width:
-            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
-                                            lambda part=part: graph(part), cache)
-                      for part in (ZeroOneTrunk, ZeroOneUpsampling)]
-            if float_precision == 'bf16':
-                from openvino.preprocess import PrePostProcessor
-                trunk, upsampling = PrePostProcessor(graphs[0]), PrePostProcessor(graphs[1])
-                trunk.output().tensor().set_element_type(ov.Type.bf16)
-                upsampling.input().tensor().set_element_type(ov.Type.bf16)
-                graphs = [trunk.build(), upsampling.build()]
+
+            def quantized(ov_model, part):
+                inputs = images
+                if part is ZeroOneUpsampling:  # it reads the trunk's features of the images
+                    with torch.no_grad():
+                        inputs = [ZeroOneTrunk(self.model)(torch.from_numpy(image)).numpy() for image in images]
+                return quantize_int8(ov_model, inputs, part.float_layers)
+
+            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__} int8 {images_hash}"),
+                                            lambda ov_model=ov_model, part=part: quantized(ov_model, part), cache)
+                      for ov_model, part in zip(graphs, parts)]
+        # In bf16 the features pass between the graphs in bf16, as they were computed. int8 keeps
+        # them in float32: its upsampling end quantises them at once, and rounding them to bf16
+        # first cost 0.011 dB more on Set14 (0.054 against 0.043, SRResNet; results/README.md).
+        if strip_width and self.precision == 'bf16' and float_precision == 'bf16':
+            from openvino.preprocess import PrePostProcessor
+            trunk, upsampling = PrePostProcessor(graphs[0]), PrePostProcessor(graphs[1])
+            trunk.output().tensor().set_element_type(ov.Type.bf16)
+            upsampling.input().tensor().set_element_type(ov.Type.bf16)
+            graphs = [trunk.build(), upsampling.build()]
         threads = threads or torch.get_num_threads()
         # Denormals (below 1.2e-38) are flushed to zero: far below a grey level, and 2% faster
         # (480x270 in bf16 on a 2-core Xeon with AMX, results/README.md).

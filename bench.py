@@ -672,7 +672,7 @@ def bench_backends(config, device, macs):
 
 def bench_strips(config, device, models, lr_img):
     """The 'backends' section's strip rows: each model that runs its upsampling end on column strips
-    (super_resolve.STRIP_WIDTHS, bf16 on a CPU with AMX) timed with each of strip_widths, side by
+    (super_resolve.STRIP_WIDTHS: bf16 and int8 on a CPU with AMX) timed with each of strip_widths, side by
     side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO the one
     graph it compiles without strips. Returns a list of rows ([] where no model uses strips)."""
     import backends
