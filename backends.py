@@ -330,8 +330,9 @@ class OpenVINOModel(nn.Module):
             def quantized(ov_model, part):
                 inputs = images
                 if part is ZeroOneUpsampling:  # it reads the trunk's features of the images
+                    trunk = ZeroOneTrunk(self.model)
                     with torch.no_grad():
-                        inputs = [ZeroOneTrunk(self.model)(torch.from_numpy(image)).numpy() for image in images]
+                        inputs = [trunk(torch.from_numpy(image)).numpy() for image in images]
                 return quantize_int8(ov_model, inputs, part.float_layers)
 
             graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__} int8 {images_hash}"),

@@ -33,8 +33,8 @@ repeats interleaved, so a machine busy with something else slows both alike):
    inference input, with each row's share of the measured bf16 (or fp32) convolution peak, its
    differences from PyTorch fp32 and its PSNR on `precision_images`. int8 is calibrated on the
    validation list (backends.CALIBRATION_LIST); a row that cannot run (OpenVINO or NNCF missing)
-   is a note. Then each model that runs its upsampling end on column strips (bf16 on a CPU with
-   AMX) is timed with each of `strip_widths` (super_resolve.STRIP_WIDTHS), side by side.
+   is a note. Then each model that runs its upsampling end on column strips (bf16 and int8 on a
+   CPU with AMX) is timed with each of `strip_widths` (super_resolve.STRIP_WIDTHS), side by side.
 7. Video (section 'video', not run by default): a synthetic `video_size` clip of `video_frames`
    frames made with PyAV, and where its time goes: decoding, the model (what backend='auto' runs)
    and H.264 encoding of the 4x frames, each timed alone; then the whole clip through
@@ -672,8 +672,8 @@ def bench_backends(config, device, macs):
 
 def bench_strips(config, device, models, lr_img):
     """The 'backends' section's strip rows: each model that runs its upsampling end on column strips
-    (super_resolve.STRIP_WIDTHS: bf16 and int8 on a CPU with AMX) timed with each of strip_widths, side by
-    side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO the one
+    (super_resolve.STRIP_WIDTHS: bf16 and int8 on a CPU with AMX) timed with each of strip_widths,
+    side by side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO the one
     graph it compiles without strips. Returns a list of rows ([] where no model uses strips)."""
     import backends
     import super_resolve
@@ -686,7 +686,7 @@ def bench_strips(config, device, models, lr_img):
 
     paths, widths = {}, {}
     for (backend, precision), model in striped.items():
-        widths[backend] = model.strip_width
+        widths[backend, precision] = model.strip_width
         for strip_width in config.strip_widths:
             run_model = model
             if backend == 'openvino' and strip_width == 0:  # the one-graph model, as without strips
@@ -694,12 +694,13 @@ def bench_strips(config, device, models, lr_img):
             paths[backend, precision, strip_width] = functools.partial(timed, model, run_model, strip_width)
     print(f"  strips: {', '.join(f'{b} {p}' for b, p in striped)}, widths {config.strip_widths}")
     seconds, _ = time_interleaved(paths, device, config.inference_repeats, statistic=np.min)
-    for (backend, precision), model in striped.items():
-        model.strip_width = widths[backend]  # as super_resolve sets it
+    for key, model in striped.items():
+        model.strip_width = widths[key]  # as super_resolve sets it
     return [{'backend': backend, 'precision': precision, 'strip_width': strip_width,
              'seconds': seconds[backend, precision, strip_width],
              'speedup_vs_no_strips': seconds[backend, precision, 0] / seconds[backend, precision, strip_width]
-             if (backend, precision, 0) in seconds else None, 'default': strip_width == widths[backend]}
+             if (backend, precision, 0) in seconds else None,
+             'default': strip_width == widths[backend, precision]}
             for backend, precision, strip_width in paths]
 
 

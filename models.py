@@ -327,10 +327,9 @@ def in_column_strips(upsample, features, strip_width, margin):
     The upsampling end's layers run at 2x and 4x the trunk's resolution, on maps 4-16 times its
     size; on a CPU a convolution slows down when a few rows of its input no longer fit in the
     core's cache (a 256-column tile: 512 columns of 256 channels at 2x). Narrow strips keep them
-    there: on a 480x270 image in bf16, on a 2-core Xeon with AMX, the whole model ran 1.32-1.42x
-    faster in PyTorch (strips of 48) and 1.06-1.16x in OpenVINO (96) (results/README.md). Strips
-    read `margin` more columns than they keep, so the output equals upsample(features) up to float
-    rounding.
+    there (in bf16 on a CPU with AMX: super_resolve.STRIP_WIDTHS has the widths and what they
+    gained, results/README.md the runs). Strips read `margin` more columns than they keep, so the
+    output equals upsample(features) up to float rounding.
 
     upsample: (N, C, h, w) features -> (N, 3, h * s, w * s); features: (N, C, h, w), a tensor.
     """
