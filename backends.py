@@ -4,8 +4,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
   - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
   - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
     Intel's inference runtime for CPUs (`pip install openvino`; only an Intel CPU was measured),
-    in fp32, bf16 (on a CPU with AMX) or int8 (quantised by NNCF, `pip install nncf`, calibrated
-    on the validation images).
+    in fp32, bf16 (on a CPU with AMX) or int8 (the low-resolution trunk quantised by NNCF,
+    `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
 480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.33-1.53x faster in OpenVINO bf16 than in
 PyTorch bf16 (both with column strips, seven runs; two tiles at once, map_tiles), and 1.14-1.41x in
@@ -70,7 +70,6 @@ class ZeroOneSR(nn.Module):
     (N, 3, h, w) RGB in [0, 1] -> (N, 3, h * s, w * s) RGB in [0, 1].
     """
     names = ('lr', 'sr')  # the exported graph's input and output
-    float_layers = (0, -1)  # in int8, the convolutions left in floating point (quantize_int8)
 
     def __init__(self, model):
         super().__init__()
@@ -85,7 +84,6 @@ class ZeroOneSR(nn.Module):
 class ZeroOneTrunk(ZeroOneSR):
     """ZeroOneSR's first part, the low-resolution trunk: (N, 3, h, w) RGB in [0, 1] -> (N, 64, h, w)."""
     names = ('lr', 'features')
-    float_layers = (0,)
 
     def forward(self, lr_imgs):
         return self.model.features(utils.convert_image(lr_imgs, source='[0, 1]', target='imagenet-norm'))
@@ -94,7 +92,6 @@ class ZeroOneTrunk(ZeroOneSR):
 class ZeroOneUpsampling(ZeroOneSR):
     """ZeroOneSR's second part: (N, 64, h, w) trunk features -> (N, 3, h * s, w * s) RGB in [0, 1]."""
     names = ('features', 'sr')
-    float_layers = (-1,)
 
     def forward(self, features):
         return utils.convert_image(self.model.upsample(features), source='[-1, 1]', target='[0, 1]')
@@ -211,16 +208,15 @@ def calibration_images(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRA
     return images
 
 
-def quantize_int8(ov_model, images, float_layers=(0, -1)):
+def quantize_int8(ov_model, images, float_layers=(0,)):
     """The OpenVINO model quantised to int8 by NNCF's post-training quantisation on `images`
-    (the graph's inputs, float32 arrays: for the whole network (1, 3, h, w) in [0, 1]).
+    (the graph's inputs, float32 arrays: for the trunk (1, 3, h, w) in [0, 1]).
 
-    Weights are int8 per output channel, activations int8 with ranges from the images' statistics
-    ('mixed' preset: asymmetric activations, as the PReLU outputs and the normalised input are not
-    centred). The convolutions at `float_layers` (indices in the graph's order) stay in floating
-    point: the network's first (it reads the image) and last (it writes the output's pixels).
-    Quantised too, they cost 0.085 dB on Set14 instead of 0.043, with the shipped SRResNet, for no
-    measurable speed (they are 2 of 37 layers).
+    Weights are int8 per output channel, activations int8 with symmetric ranges from the images'
+    statistics ('performance' preset; on the trunk, asymmetric ranges ('mixed') cost as much and
+    ran its int8 convolutions 5-15% slower on a 2-core Xeon with AMX). The convolutions at
+    `float_layers` (indices in the graph's order) stay in floating point: the trunk's first, which
+    reads the image.
     """
     try:
         import nncf
@@ -228,8 +224,8 @@ def quantize_int8(ov_model, images, float_layers=(0, -1)):
         raise runtime.ConfigError(f"precision 'int8' needs NNCF to quantise the model: {INT8_HINT}") from None
     nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
     convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
-    return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
-                         ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
+    return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.PERFORMANCE,
+                         subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,16 +283,18 @@ class OpenVINOModel(nn.Module):
         fast: the network as export_onnx.py exports it, float32 (super_resolve.prepare_for_inference
             without channels_last, its shuffled convolution frozen).
         precision: 'fp32', 'bf16' or 'int8' (openvino_precision; 'auto' is resolved here too).
-        calibration: for int8, the images to calibrate on (calibration_images; None reads them).
+        calibration: for int8, the images to calibrate the trunk on (calibration_images; None reads them).
         threads: CPU threads OpenVINO uses (0 = as many as torch uses).
         cache: where exported graphs are kept (None: OPENVINO_CACHE; cached_openvino_model).
         strip_width: > 0: the upsampling end runs on column strips of about this many LR columns
             (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
 
-    With strips the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the upsampling
-    end (ZeroOneUpsampling), so that the second can run strip by strip; in bf16 the features pass
-    between them in bf16, as they were computed. In int8 each graph is quantised on its own inputs
-    (the same quantisers as in one graph). Without strips, it is one graph (ZeroOneSR).
+    With strips, and in int8, the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the
+    upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they compute
+    in bf16 the features pass between them in bf16, as they were computed. int8 quantises the trunk
+    alone, and its upsampling end computes in bf16 (fp32 on a CPU without AMX): on Set14 that cost
+    half what quantising both did, at the same speed (results/README.md). Otherwise it is one graph
+    (ZeroOneSR).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
@@ -319,29 +317,16 @@ class OpenVINOModel(nn.Module):
 
         # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
         float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
-        parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width else (ZeroOneSR,)
+        parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width or self.precision == 'int8' else (ZeroOneSR,)
         graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
                                         lambda part=part: graph(part), cache) for part in parts]
-        if self.precision == 'int8':
+        if self.precision == 'int8':  # the trunk; its first convolution stays in floating point
             images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
                 if calibration is None else calibration
             images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
-
-            def quantized(ov_model, part):
-                inputs = images
-                if part is ZeroOneUpsampling:  # it reads the trunk's features of the images
-                    trunk = ZeroOneTrunk(self.model)
-                    with torch.no_grad():
-                        inputs = [trunk(torch.from_numpy(image)).numpy() for image in images]
-                return quantize_int8(ov_model, inputs, part.float_layers)
-
-            graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__} int8 {images_hash}"),
-                                            lambda ov_model=ov_model, part=part: quantized(ov_model, part), cache)
-                      for ov_model, part in zip(graphs, parts)]
-        # In bf16 the features pass between the graphs in bf16, as they were computed. int8 keeps
-        # them in float32: its upsampling end quantises them at once, and rounding them to bf16
-        # first cost 0.011 dB more on Set14 (0.054 against 0.043, SRResNet; results/README.md).
-        if strip_width and self.precision == 'bf16' and float_precision == 'bf16':
+            key = weights_hash(self.model, f"{tag} ZeroOneTrunk int8 performance {images_hash}")
+            graphs[0] = cached_openvino_model(key, lambda: quantize_int8(graphs[0], images), cache)
+        if len(graphs) == 2 and float_precision == 'bf16':  # the features pass in bf16
             from openvino.preprocess import PrePostProcessor
             trunk, upsampling = PrePostProcessor(graphs[0]), PrePostProcessor(graphs[1])
             trunk.output().tensor().set_element_type(ov.Type.bf16)

@@ -304,21 +304,29 @@ def fold_batchnorm(model):
 
 
 def column_strips(width, margin, strip_width, step=8):
-    """Equal-width column strips that cover `width` columns, for in_column_strips.
+    """Column strips that cover `width` columns, for in_column_strips.
 
-    Returns (strip, boxes): each strip reads `strip` columns from `start`, and its output is kept
-    for the columns [keep_from, keep_to): at least `margin` columns inside its inner edges, so the
-    zero padding there changes nothing kept. The strips are about strip_width wide, rounded up to a
-    multiple of `step` (convolutions run faster at such widths, as super_resolve.TILE_WIDTH_STEP found).
+    Returns boxes (start, stop, keep_from, keep_to): a strip reads the columns [start, stop), and its
+    output is kept for [keep_from, keep_to), at least `margin` columns inside its inner edges, so
+    the zero padding there changes nothing kept. There are ceil(width / strip_width) strips, each a
+    multiple of `step` columns wide (convolutions run faster at such widths, as
+    super_resolve.TILE_WIDTH_STEP found), their widths at most one step apart: as few columns in all
+    as that allows (256 columns, margin 4, strips of about 96: 88 + 88 + 96 = 272, not 3 x 96 = 288).
     """
     n = math.ceil(width / strip_width) if strip_width > 0 else 1
-    strip = min(-(-(math.ceil(width / n) + 2 * margin + 1) // step) * step, width)  # +1: the rounded starts
-    if n == 1 or strip == width:
-        return width, [(0, 0, width)]
-    starts = [round(i * (width - strip) / (n - 1)) for i in range(n)]
-    # Neighbours overlap by at least 2 * margin; each keeps up to the middle of the overlap.
-    edges = [0] + [(starts[i] + strip + starts[i + 1]) // 2 for i in range(n - 1)] + [width]
-    return strip, [(start, edges[i], edges[i + 1]) for i, start in enumerate(starts)]
+    needed = width + 2 * margin * (n - 1)  # neighbours overlap by at least 2 * margin
+    steps = -(-needed // step)  # the columns read, in steps, shared out below
+    widths = [(steps // n + (i >= n - steps % n)) * step for i in range(n)]  # the wider ones last
+    if n == 1 or widths[-1] >= width:
+        return [(0, width, 0, width)]
+    # The columns read beyond what is needed are shared among the n - 1 overlaps.
+    extra = sum(widths) - needed
+    starts = [0]
+    for i in range(n - 1):
+        starts.append(starts[-1] + widths[i] - 2 * margin - extra * (i + 1) // (n - 1) + extra * i // (n - 1))
+    # Each neighbour keeps up to the middle of the overlap.
+    edges = [0] + [(starts[i] + widths[i] + starts[i + 1]) // 2 for i in range(n - 1)] + [width]
+    return [(start, start + w, edges[i], edges[i + 1]) for i, (start, w) in enumerate(zip(starts, widths))]
 
 
 def in_column_strips(upsample, features, strip_width, margin):
@@ -333,13 +341,13 @@ def in_column_strips(upsample, features, strip_width, margin):
 
     upsample: (N, C, h, w) features -> (N, 3, h * s, w * s); features: (N, C, h, w), a tensor.
     """
-    strip, boxes = column_strips(features.shape[-1], margin, strip_width)
+    boxes = column_strips(features.shape[-1], margin, strip_width)
     if len(boxes) == 1:
         return upsample(features)
     pieces = []
-    for start, keep_from, keep_to in boxes:
-        output = upsample(features[..., start:start + strip])  # (N, 3, h * s, strip * s)
-        scale = output.shape[-1] // strip
+    for start, stop, keep_from, keep_to in boxes:
+        output = upsample(features[..., start:stop])  # (N, 3, h * s, (stop - start) * s)
+        scale = output.shape[-1] // (stop - start)
         pieces.append(output[..., (keep_from - start) * scale:(keep_to - start) * scale])
     return torch.cat(pieces, -1)  # (N, 3, h * s, w * s)
 

@@ -993,22 +993,30 @@ def test_shuffled_convolution_and_inplace_activations_keep_the_output():
 
 
 def test_column_strips_cover_the_width_and_keep_clear_of_their_inner_edges():
-    """models.column_strips, for every width up to 1,200: equal strips inside the image, whose kept
-    columns tile [0, width) in order, each at least `margin` columns from a strip's inner edge (the
-    zero padding there then changes nothing kept)."""
+    """models.column_strips, for every width up to 1,200: strips inside the image, a multiple of 8
+    columns wide and at most 8 apart, reading no more columns than that allows, whose kept columns
+    tile [0, width) in order, each at least `margin` columns from a strip's inner edge (the zero
+    padding there then changes nothing kept)."""
     from models import column_strips
+    assert column_strips(256, 4, 96) == [(0, 88, 0, 84), (80, 168, 84, 164), (160, 256, 164, 256)]
     for margin in (1, 4, 6):
-        for strip_width in (16, 96):
+        for strip_width in (16, 48, 96):
             for width in range(1, 1201):
-                strip, boxes = column_strips(width, margin, strip_width)
-                assert boxes[0][1] == 0 and boxes[-1][2] == width
-                for i, (start, keep_from, keep_to) in enumerate(boxes):
-                    assert 0 <= start and start + strip <= width and keep_from < keep_to
+                boxes = column_strips(width, margin, strip_width)
+                assert boxes[0][2] == 0 and boxes[-1][3] == width
+                if len(boxes) == 1:
+                    assert boxes == [(0, width, 0, width)]
+                    continue
+                widths = [stop - start for start, stop, _, _ in boxes]
+                assert len(boxes) == -(-width // strip_width)
+                assert all(w % 8 == 0 for w in widths) and max(widths) - min(widths) <= 8
+                assert sum(widths) - 8 < width + 2 * margin * (len(boxes) - 1) <= sum(widths)  # no step to spare
+                for i, (start, stop, keep_from, keep_to) in enumerate(boxes):
+                    assert 0 <= start and stop <= width and keep_from < keep_to
                     if i > 0:
-                        assert boxes[i - 1][2] == keep_from and keep_from - start >= margin
+                        assert boxes[i - 1][3] == keep_from and keep_from - start >= margin
                     if i < len(boxes) - 1:
-                        assert start + strip - keep_to >= margin
-                assert len(boxes) == 1 or strip % 8 == 0
+                        assert stop - keep_to >= margin
 
 
 def test_upsampling_in_column_strips_keeps_the_output():

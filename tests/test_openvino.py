@@ -168,11 +168,11 @@ def test_bf16_stays_within_the_documented_difference_of_fp32():
 @pytest.mark.skipif(not nncf_installed(), reason="NNCF is not installed (pip install nncf)")
 @pytest.mark.parametrize('strip_width', [0, 16])
 def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
-    """The shipped SRResNet quantised to int8, calibrated on crops of the bundled example (the
-    validation images are not part of the repository), costs at most
-    INT8_PSNR_BOUND on each of a few images against fp32, and really is quantised: its output differs.
-    So does it as two graphs, with the upsampling end in column strips, each calibrated on its own
-    inputs (the upsampling end on the trunk's features of the crops)."""
+    """The shipped SRResNet with its trunk quantised to int8, calibrated on crops of the bundled
+    example (the validation images are not part of the repository), costs at most INT8_PSNR_BOUND
+    on each of a few images against fp32, and really is quantised: its output differs. The trunk
+    runs its convolutions in int8 but the first; the upsampling end, whole or in column strips,
+    in floating point."""
     lr_pil, hr_pil = chelsea_pair()
     plain, _ = runtime.load_sr_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
     images = [(lr_pil, hr_pil)]
@@ -186,7 +186,16 @@ def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
     exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(copy.deepcopy(plain), False))
     int8 = backends.OpenVINOModel(exportable, 'int8', calibration=calibration, strip_width=strip_width)
     fp32 = super_resolve.prepare_for_backend(plain, 'torch', CPU, 'fp32')
-    assert int8.precision == 'int8' and len(int8.requests) == (2 if strip_width else 1)
+    assert int8.precision == 'int8' and len(int8.requests) == 2
+
+    def convolution_precisions(request):  # in the graph's order, as OpenVINO runs them
+        ops = request.get_compiled_model().get_runtime_model().get_ordered_ops()
+        info = [op.get_rt_info() for op in ops]
+        return [i['runtimePrecision'].astype(str) for i in info if i['layerType'].astype(str) == 'Convolution']
+
+    trunk, upsampling = (convolution_precisions(request) for request in int8.requests)
+    assert trunk[0] in ('bf16', 'f32') and set(trunk[1:]) <= {'i8', 'u8'} and len(trunk) == 34
+    assert set(upsampling) <= {'bf16', 'f32'} and len(upsampling) == 3
     for lr_img, hr_img in images:
         psnr_fp32, psnr_int8 = (utils.compute_psnr_ssim(upscale(model, lr_img), hr_img, 4)[0] for model in (fp32, int8))
         assert psnr_fp32 - psnr_int8 <= INT8_PSNR_BOUND
