@@ -7,8 +7,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (the low-resolution trunk quantised by NNCF,
     `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.33-1.53x faster in OpenVINO bf16 than in
-PyTorch bf16 (both with column strips, seven runs; two tiles at once, map_tiles), and 1.14-1.41x in
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.28-1.38x faster in OpenVINO bf16 than in
+PyTorch bf16 (both with column strips, six runs; two tiles at once, map_tiles), and 1.13-1.14x in
 fp32 (bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
@@ -49,9 +49,9 @@ OPENVINO_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'runs'
 CALIBRATION_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'val_images.json')
 CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test set)
 CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
-# Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 cost 0.043 dB (SRResNet) and
-# 0.029 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 47 and 135 grey levels
-# (bf16: 10), for a little more of bf16's speed, and needs the validation images and 13-16 s of
+# Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 (the trunk) cost 0.025 dB
+# (SRResNet) and 0.028 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 44 and
+# 130 grey levels (bf16: 8), for 1.17-1.18x bf16's speed, and needs the validation images and 5 s of
 # calibration per model (each blend denoise='auto' reads is one): 'auto' never picks it.
 AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
@@ -213,8 +213,8 @@ def quantize_int8(ov_model, images, float_layers=(0,)):
     (the graph's inputs, float32 arrays: for the trunk (1, 3, h, w) in [0, 1]).
 
     Weights are int8 per output channel, activations int8 with symmetric ranges from the images'
-    statistics ('performance' preset; on the trunk, asymmetric ranges ('mixed') cost as much and
-    ran its int8 convolutions 5-15% slower on a 2-core Xeon with AMX). The convolutions at
+    statistics ('performance' preset; on the trunk, asymmetric ranges ('mixed') cost about as much
+    on Set14 and ran 4-7% slower on 480x270, on a 2-core Xeon with AMX). The convolutions at
     `float_layers` (indices in the graph's order) stay in floating point: the trunk's first, which
     reads the image.
     """
@@ -225,7 +225,8 @@ def quantize_int8(ov_model, images, float_layers=(0,)):
     nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
     convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
     return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
+                         subset_size=len(images),
+                         ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -673,8 +673,8 @@ def bench_backends(config, device, macs):
 def bench_strips(config, device, models, lr_img):
     """The 'backends' section's strip rows: each model that runs its upsampling end on column strips
     (super_resolve.STRIP_WIDTHS: bf16 and int8 on a CPU with AMX) timed with each of strip_widths,
-    side by side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO the one
-    graph it compiles without strips. Returns a list of rows ([] where no model uses strips)."""
+    side by side, best of inference_repeats. Width 0 is the upsampling end at once: for OpenVINO what it
+    compiles without strips (one graph; int8's two). Returns a list of rows ([] where no model uses strips)."""
     import backends
     import super_resolve
     striped = {key: model for key, model in models.items() if getattr(model, 'strip_width', 0)}

@@ -59,9 +59,10 @@ elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
 than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
 `backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
-graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.33-1.53x PyTorch's
+graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.28-1.38x PyTorch's
 bf16 on a 2-core Xeon with AMX, bf16 within 8 grey levels of fp32), PyTorch elsewhere. Only
-OpenVINO takes precision 'int8' (NNCF, calibrated on data/val_images.json; never chosen by 'auto').
+OpenVINO takes precision 'int8' (NNCF, its trunk calibrated on data/val_images.json; never chosen
+by 'auto').
 
 Outputs are named after their input: photo.jpg -> photo_x4.png (or photo_compare.png), clip.mp4
 -> clip_x4.mp4. Two rules keep every output apart, and each file written is printed:
@@ -147,9 +148,9 @@ max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP,
 TILE_WIDTH_STEP = 8
 # In bf16 on a CPU with AMX the upsampling end runs on column strips of about this many LR columns
 # (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. Each backend's
-# best of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows): PyTorch 1.25-1.42x,
-# OpenVINO 1.06-1.20x faster (int8 1.02-1.03x). In fp32, bound by arithmetic, strips made both 1-10%
-# slower: none there.
+# best of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows, two runs): PyTorch
+# 1.45-1.51x, OpenVINO 1.11-1.14x faster (int8 1.13-1.19x). In fp32, bound by arithmetic, strips made
+# both 1-10% slower: none there.
 STRIP_WIDTHS = {'torch': 48, 'openvino': 96}
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
@@ -203,7 +204,7 @@ def prepare_for_backend(model, backend, device, precision, channels_last=True):
     'torch': prepare_for_inference's model, computing in runtime.inference_dtype(device, precision).
     'openvino': that network as export_onnx.py exports it (float32, NCHW, its shuffled convolution
     frozen), compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
-    Where they compute in bf16 on a CPU with AMX (OpenVINO's int8 too, its float layers in bf16),
+    Where they compute in bf16 on a CPU with AMX (OpenVINO's int8 too, its upsampling end in bf16),
     both run the upsampling end on column strips of about STRIP_WIDTHS[backend] LR columns.
     """
     bf16_units = device.type == 'cpu' and runtime.cpu_has_bf16_matrix_units()
