@@ -311,7 +311,9 @@ class OpenVINOModel(nn.Module):
         self.strip_width = strip_width
         self.mean = torch.tensor(utils.IMAGENET_MEAN).view(1, 3, 1, 1)  # to undo the ImageNet normalisation
         self.std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
-        tag = f"openvino {ov.get_version()} opset {EXPORT_OPSET}"
+        # The cache's key: the weights, and how the layers are arranged (the same weights arranged
+        # otherwise, e.g. by models.activation_before_shuffle, are another graph).
+        tag = f"openvino {ov.get_version()} opset {EXPORT_OPSET} {self.model!r}"
 
         def graph(part):
             return ov.Core().read_model(export_model(self.model, part=part).SerializeToString())

@@ -461,6 +461,22 @@ def freeze_shuffled_convolutions(model):
     return model
 
 
+def activation_before_shuffle(model):
+    """Apply each sub-pixel block's activation before its pixel shuffle instead of after: the same
+    numbers where it has a single slope (it acts on each value alone; a shuffle only moves values).
+    An inference runtime then joins it to the convolution before it: in OpenVINO bf16, 480x270 ran
+    3-5% faster (best of 7; 1-4% by the median) on a 2-core Xeon with AMX. Works in place and
+    returns the model; a block whose shuffle moved into the next layer (shuffle_last_convolution),
+    or whose PReLU is per-channel, stays as it is.
+    """
+    for block in model.subpixel_convolutional_blocks:
+        single_slope = isinstance(block.prelu, nn.LeakyReLU) or getattr(block.prelu, 'num_parameters', 0) == 1
+        if single_slope and isinstance(block.pixel_shuffle, nn.PixelShuffle):
+            block.prelu = nn.Sequential(block.prelu, block.pixel_shuffle)  # the state_dict keys stay
+            block.pixel_shuffle = nn.Identity()
+    return model
+
+
 class _SingleSlopePReLU(torch.autograd.Function):
     """prelu(x, slope) for one slope, whose backward is written with a leaky ReLU's backward."""
 

@@ -102,7 +102,8 @@ import degradations
 import runtime
 import utils
 import video
-from models import fold_batchnorm, freeze_shuffled_convolutions, inplace_activations, shuffle_last_convolution
+from models import (activation_before_shuffle, fold_batchnorm, freeze_shuffled_convolutions, inplace_activations,
+                    shuffle_last_convolution)
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -203,13 +204,15 @@ def prepare_for_backend(model, backend, device, precision, channels_last=True):
 
     'torch': prepare_for_inference's model, computing in runtime.inference_dtype(device, precision).
     'openvino': that network as export_onnx.py exports it (float32, NCHW, its shuffled convolution
-    frozen), compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
+    frozen, the first sub-pixel block's activation before its shuffle: models.activation_before_shuffle),
+    compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
     Where they compute in bf16 on a CPU with AMX (OpenVINO's int8 too, its upsampling end in bf16),
     both run the upsampling end on column strips of about STRIP_WIDTHS[backend] LR columns.
     """
     bf16_units = device.type == 'cpu' and runtime.cpu_has_bf16_matrix_units()
     if backend == 'openvino':
         exportable = freeze_shuffled_convolutions(prepare_for_inference(model, channels_last=False))
+        exportable = activation_before_shuffle(exportable)  # OpenVINO joins it to the convolution
         strips = bf16_units and backends.openvino_precision(precision) in ('bf16', 'int8')
         return backends.OpenVINOModel(exportable, precision, strip_width=STRIP_WIDTHS['openvino'] if strips else 0)
     dtype = runtime.inference_dtype(device, precision)

@@ -1049,6 +1049,34 @@ def test_upsampling_in_column_strips_keeps_the_output():
         assert touched.min() >= (30 - margin) * scale and touched.max() < (31 + margin) * scale
 
 
+def test_activation_before_shuffle_keeps_the_output():
+    """models.activation_before_shuffle moves a single-slope activation ahead of its block's pixel
+    shuffle (x4: the first block; the last one's shuffle is already inside the next layer) and
+    leaves the output, the state_dict keys and a per-channel PReLU's block as they were."""
+    from models import activation_before_shuffle, freeze_shuffled_convolutions, inplace_activations, \
+        shuffle_last_convolution
+    for scaling_factor in (4, 8):
+        torch.manual_seed(0)
+        model = SRResNet(n_channels=16, n_blocks=2, scaling_factor=scaling_factor).eval()
+        for block in model.subpixel_convolutional_blocks:
+            nn.init.uniform_(block.prelu.weight, 0.1, 0.4)  # away from the default slope, so a lost one shows
+        model = freeze_shuffled_convolutions(inplace_activations(shuffle_last_convolution(fold_batchnorm(model))))
+        lr_imgs = torch.randn(2, 3, 9, 11)
+        keys = list(model.state_dict())
+        with torch.no_grad():
+            expected = model(lr_imgs)
+            moved = activation_before_shuffle(model)
+            actual = moved(lr_imgs)
+        blocks = moved.subpixel_convolutional_blocks
+        assert [isinstance(block.pixel_shuffle, nn.Identity) for block in blocks] == [True] * len(blocks)
+        assert isinstance(blocks[0].prelu[1], nn.PixelShuffle) and list(moved.state_dict()) == keys
+        assert (actual - expected).abs().max() < 1e-6
+    per_channel = SRResNet(n_channels=16, n_blocks=1, scaling_factor=2)
+    per_channel.subpixel_convolutional_blocks[0].prelu = nn.PReLU(16)
+    block = activation_before_shuffle(per_channel).subpixel_convolutional_blocks[0]
+    assert isinstance(block.pixel_shuffle, nn.PixelShuffle) and isinstance(block.prelu, nn.PReLU)
+
+
 def test_shuffled_last_convolution_trains_the_same_parameters():
     """In training mode, the shuffled last convolution keeps the plain model's parameters, names
     and state_dict, and gives the same output and the same gradients for them (the conv biases
