@@ -294,8 +294,8 @@ class OpenVINOModel(nn.Module):
     upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they compute
     in bf16 the features pass between them in bf16, as they were computed. int8 quantises the trunk
     alone, and its upsampling end computes in bf16 (fp32 on a CPU without AMX): on Set14 that cost
-    half what quantising both did, at the same speed (results/README.md). Otherwise it is one graph
-    (ZeroOneSR).
+    0.025 dB against 0.044 for quantising both (SRResNet; SRGAN-MSE 0.028 against 0.036), at the same
+    speed (results/README.md). Otherwise it is one graph (ZeroOneSR).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
