@@ -7,8 +7,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (the low-resolution trunk quantised by NNCF,
     `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.32-1.45x faster in OpenVINO bf16 than in
-PyTorch bf16 (both with column strips, six runs; two tiles at once, map_tiles), and 1.11-1.15x in
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.32-1.53x faster in OpenVINO bf16 than in
+PyTorch bf16 (both with column strips, nine runs; two tiles at once, map_tiles), and 1.11-1.15x in
 fp32 (bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,

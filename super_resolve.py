@@ -59,7 +59,7 @@ elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
 than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
 `backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
-graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.32-1.45x PyTorch's
+graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.32-1.53x PyTorch's
 bf16 on a 2-core Xeon with AMX, bf16 within 8 grey levels of fp32), PyTorch elsewhere. Only
 OpenVINO takes precision 'int8' (NNCF, its trunk calibrated on data/val_images.json; never chosen
 by 'auto').
