@@ -208,15 +208,14 @@ def calibration_images(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRA
     return images
 
 
-def quantize_int8(ov_model, images, float_layers=(0,)):
+def quantize_int8(ov_model, images):
     """The OpenVINO model quantised to int8 by NNCF's post-training quantisation on `images`
     (the graph's inputs, float32 arrays: for the trunk (1, 3, h, w) in [0, 1]).
 
     Weights are int8 per output channel, activations int8 with symmetric ranges from the images'
     statistics ('performance' preset; on the trunk, asymmetric ranges ('mixed') cost about as much
-    on Set14 and ran 4-7% slower on 480x270, on a 2-core Xeon with AMX). The convolutions at
-    `float_layers` (indices in the graph's order) stay in floating point: the trunk's first, which
-    reads the image.
+    on Set14 and ran 4-7% slower on 480x270, on a 2-core Xeon with AMX). The first convolution,
+    which reads the image, stays in floating point.
     """
     try:
         import nncf
@@ -225,8 +224,7 @@ def quantize_int8(ov_model, images, float_layers=(0,)):
     nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
     convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
     return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(images),
-                         ignored_scope=nncf.IgnoredScope(names=[convolutions[i] for i in float_layers]))
+                         subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=[convolutions[0]]))
 
 
 # ----------------------------------------------------------------------------------------------
