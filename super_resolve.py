@@ -205,7 +205,8 @@ def prepare_for_backend(model, backend, device, precision, channels_last=True):
     'torch': prepare_for_inference's model, computing in runtime.inference_dtype(device, precision).
     'openvino': that network as export_onnx.py exports it (float32, NCHW, its shuffled convolution
     frozen, the first sub-pixel block's activation before its shuffle: models.activation_before_shuffle),
-    compiled by OpenVINO in `precision` (backends.OpenVINOModel), called the same way.
+    compiled by OpenVINO in `precision` with its shuffles in blocks-first order (backends.OpenVINOModel,
+    backends.blocks_first_shuffles), called the same way.
     Where they compute in bf16 on a CPU with AMX (OpenVINO's int8 too, its upsampling end in bf16),
     both run the upsampling end on column strips of about STRIP_WIDTHS[backend] LR columns.
     """

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -268,6 +269,52 @@ def test_bad_backends_and_precisions_are_one_line_naming_the_option(tmp_path):
     assert done.stderr.strip() == ("super_resolve.py: error: backend must be 'auto', 'torch' or 'openvino', "
                                    "got 'tensorrt'")
     assert not (tmp_path / 'never').exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph OpenVINO compiles
+# ----------------------------------------------------------------------------------------------
+
+def run_onnx(proto, lr_imgs):
+    import onnxruntime
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+    return session.run(None, {session.get_inputs()[0].name: lr_imgs})[0]
+
+
+@pytest.mark.parametrize('scaling_factor', [4, 8])
+def test_blocks_first_shuffles_compute_the_same_numbers(scaling_factor):
+    """backends.blocks_first_shuffles turns every pixel shuffle of OpenVINO's graph (a convolution,
+    an activation or none, then the shuffle) into 'DCR' order, with the convolution's channels
+    reordered to match: onnxruntime gives the same output as before, at an odd size."""
+    from models import SRResNet, activation_before_shuffle
+    torch.manual_seed(0)
+    plain = SRResNet(n_channels=16, n_blocks=1, scaling_factor=scaling_factor).eval()
+    exportable = activation_before_shuffle(freeze_shuffled_convolutions(super_resolve.prepare_for_inference(plain, False)))
+    proto = backends.export_model(exportable)
+    lr_imgs = np.random.default_rng(0).random((1, 3, 7, 9), dtype=np.float32)
+    expected = run_onnx(proto, lr_imgs)
+    rewritten = backends.blocks_first_shuffles(copy.deepcopy(proto))
+    modes = [attribute.s for node in rewritten.graph.node if node.op_type == 'DepthToSpace'
+             for attribute in node.attribute if attribute.name == 'mode']
+    assert modes == [b'DCR'] * len(exportable.subpixel_convolutional_blocks)
+    assert np.abs(run_onnx(rewritten, lr_imgs) - expected).max() < 1e-6
+
+
+def test_blocks_first_shuffles_leave_a_shuffle_after_a_per_channel_activation():
+    """A per-channel PReLU between the convolution and the shuffle does not act on each value alone
+    (its channels would move with the reordering), so that shuffle stays in 'CRD' order."""
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.PReLU(16), torch.nn.PixelShuffle(2))
+    torch.nn.init.uniform_(layers[1].weight, 0.1, 0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        proto = torch.onnx.export(layers.eval(), (torch.rand(1, 3, 6, 8),), dynamo=True, verbose=False).model_proto
+    lr_imgs = np.random.default_rng(0).random((1, 3, 6, 8), dtype=np.float32)
+    expected = run_onnx(proto, lr_imgs)
+    rewritten = backends.blocks_first_shuffles(copy.deepcopy(proto))
+    assert [attribute.s for node in rewritten.graph.node for attribute in node.attribute
+            if attribute.name == 'mode'] == [b'CRD']
+    assert np.abs(run_onnx(rewritten, lr_imgs) - expected).max() == 0
 
 
 # ----------------------------------------------------------------------------------------------
