@@ -7,8 +7,8 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
     in fp32, bf16 (on a CPU with AMX) or int8 (the low-resolution trunk quantised by NNCF,
     `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.32-1.53x faster in OpenVINO bf16 than in
-PyTorch bf16 (both with column strips, nine runs; two tiles at once, map_tiles), and 1.11-1.15x in
+480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.31-1.53x faster in OpenVINO bf16 than in
+PyTorch bf16 (both with column strips, eleven runs; two tiles at once, map_tiles), and 1.11-1.49x in
 fp32 (bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
@@ -51,7 +51,7 @@ CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test
 CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
 # Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 (the trunk) cost 0.025 dB
 # (SRResNet) and 0.028 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 44 and
-# 130 grey levels (bf16: 8), for 1.13-1.16x bf16's speed, and needs the validation images and 5 s of
+# 130 grey levels (bf16: 8), for 1.13-1.22x bf16's speed, and needs the validation images and 5 s of
 # calibration per model (each blend denoise='auto' reads is one): 'auto' never picks it.
 AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with

@@ -59,7 +59,7 @@ elsewhere. With the shipped models on Set14, bf16 and fp16 moved PSNR by at most
 pixel by at most 9 grey levels (0.2 on average), and bf16 on a CPU with AMX ran 3.6-3.8x faster
 than fp32 (results/README.md has the table); 'fp32' gives the exact float32 result.
 `backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
-graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.32-1.53x PyTorch's
+graph export_onnx.py writes, exported once per model into runs/openvino_cache/; 1.31-1.53x PyTorch's
 bf16 on a 2-core Xeon with AMX, bf16 within 8 grey levels of fp32), PyTorch elsewhere. Only
 OpenVINO takes precision 'int8' (NNCF, its trunk calibrated on data/val_images.json; never chosen
 by 'auto').
@@ -149,9 +149,9 @@ max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP,
 TILE_WIDTH_STEP = 8
 # In bf16 on a CPU with AMX the upsampling end runs on column strips of about this many LR columns
 # (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. Each backend's
-# best of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows, two runs): PyTorch
-# 1.47-1.53x, OpenVINO 1.12-1.15x faster (int8 1.19-1.26x). In fp32, bound by arithmetic, strips made
-# both 1-10% slower: none there.
+# best (or within 1% of it) of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows,
+# four runs): PyTorch 1.35-1.53x, OpenVINO 1.07-1.15x faster (int8 1.17-1.26x). In fp32, bound by
+# arithmetic, strips made both 1-10% slower: none there.
 STRIP_WIDTHS = {'torch': 48, 'openvino': 96}
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
