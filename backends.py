@@ -387,6 +387,10 @@ class OpenVINOModel(nn.Module):
         # Each request set holds one request per graph.
         single = [core.compile_model(g, 'CPU', {**settings, 'PERFORMANCE_HINT': 'LATENCY'}) for g in graphs]
         self.requests = [compiled.create_infer_request() for compiled in single]
+        # OpenVINO's Python binding readies its numpy support on first use, under a lock that also
+        # waits for Python's own: two tiles doing that first at once (map_tiles) could deadlock
+        # (OpenVINO 2026.4: 3 of 20 processes hung). Done once here, on the calling thread.
+        ov.Tensor(ov.Type.f32, ov.Shape([1])).data
         self.pair = None
         if threads >= 2:
             pair = [core.compile_model(g, 'CPU', {**settings, 'PERFORMANCE_HINT': 'THROUGHPUT',

@@ -125,6 +125,37 @@ def test_two_tiles_at_once_give_the_tiles_one_by_one_and_a_stopped_run_leaves_no
     assert all((a - b).abs().max().item() <= FP32_TOLERANCE for a, b in zip(again, one_by_one))
 
 
+FIRST_TILES_AT_ONCE = """
+import sys
+import torch
+import backends, super_resolve
+from models import freeze_shuffled_convolutions
+from test_super_resolve import random_model
+backends.OPENVINO_CACHE = sys.argv[1]
+exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(random_model(), False))
+model = backends.OpenVINOModel(exportable, 'fp32', threads=2)
+sys.setswitchinterval(1e-6)  # threads take turns as often as they can, so a race shows in most runs
+print(len(list(model.map_tiles([torch.randn(1, 3, 12, 12) for _ in range(2)]))))
+"""
+
+
+@needs_openvino
+def test_the_first_tiles_run_two_at_once_without_hanging(tmp_path):
+    """A new process whose first tiles run two at a time finishes. OpenVINO's Python binding readies
+    its numpy support on first use under a lock that also waits for Python's own, so two threads
+    doing that first at once could deadlock: without OpenVINOModel doing it first on its own thread,
+    3 of 20 runs of this script hung (OpenVINO 2026.4), so eight fresh processes catch it about
+    three times in four. Each gets 30 s (it takes about 3)."""
+    environment = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.path.join(REPO, 'tests')])}
+    for attempt in range(8):
+        try:
+            result = subprocess.run([sys.executable, '-c', FIRST_TILES_AT_ONCE, str(tmp_path / 'cache')],
+                                    capture_output=True, text=True, timeout=30, env=environment, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"attempt {attempt + 1}: two first tiles at once hung for 30 s")
+        assert result.returncode == 0 and result.stdout.split()[-1] == '2', result.stderr[-2000:]
+
+
 @needs_openvino
 def test_the_script_writes_the_same_image_on_either_backend(tmp_path, capsys):
     """super_resolve.py --backend=openvino and --backend=torch write the same PNG (within one grey level),
