@@ -1,8 +1,9 @@
 """Tests of backend 'openvino' (backends.py): OpenVINO's output equals PyTorch's within the documented
 tolerance at odd sizes and on tiles, for an SRResNet and an SRGAN checkpoint, through the script
-too; int8 costs at most its documented PSNR bound; the backend is chosen as documented, a missing
-OpenVINO and a bad value each give one line naming the option; the cache is reused and never
-replaces a file.
+too; a new process's first two tiles at once do not hang; int8 costs at most its documented PSNR
+bound; the backend is chosen as documented, a missing OpenVINO and a bad value each give one line
+naming the option; the graph's pixel shuffles, rewritten for OpenVINO, compute the same numbers;
+the cache is reused and never replaces a file.
 
 Tiny random SRResNets (2 blocks, 16 channels) stand in for trained ones, except where a trained
 network's numbers are the point (half precision and int8 on the bundled example). The tests that
