@@ -309,8 +309,14 @@ def test_bad_backends_and_precisions_are_one_line_naming_the_option(tmp_path):
 
 def run_onnx(proto, lr_imgs):
     import onnxruntime
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
-    return session.run(None, {session.get_inputs()[0].name: lr_imgs})[0]
+    onnx_model = onnxruntime.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+    return onnx_model.run(None, {onnx_model.get_inputs()[0].name: lr_imgs})[0]
+
+
+def shuffle_modes(proto):
+    """The order ('CRD' or 'DCR') of each pixel shuffle (DepthToSpace) of a graph, in the graph's order."""
+    return [attribute.s for node in proto.graph.node if node.op_type == 'DepthToSpace'
+            for attribute in node.attribute if attribute.name == 'mode']
 
 
 @pytest.mark.parametrize('scaling_factor', [4, 8])
@@ -326,9 +332,7 @@ def test_blocks_first_shuffles_compute_the_same_numbers(scaling_factor):
     lr_imgs = np.random.default_rng(0).random((1, 3, 7, 9), dtype=np.float32)
     expected = run_onnx(proto, lr_imgs)
     rewritten = backends.blocks_first_shuffles(copy.deepcopy(proto))
-    modes = [attribute.s for node in rewritten.graph.node if node.op_type == 'DepthToSpace'
-             for attribute in node.attribute if attribute.name == 'mode']
-    assert modes == [b'DCR'] * len(exportable.subpixel_convolutional_blocks)
+    assert shuffle_modes(rewritten) == [b'DCR'] * len(exportable.subpixel_convolutional_blocks)
     assert np.abs(run_onnx(rewritten, lr_imgs) - expected).max() < 1e-6
 
 
@@ -344,8 +348,7 @@ def test_blocks_first_shuffles_leave_a_shuffle_after_a_per_channel_activation():
     lr_imgs = np.random.default_rng(0).random((1, 3, 6, 8), dtype=np.float32)
     expected = run_onnx(proto, lr_imgs)
     rewritten = backends.blocks_first_shuffles(copy.deepcopy(proto))
-    assert [attribute.s for node in rewritten.graph.node for attribute in node.attribute
-            if attribute.name == 'mode'] == [b'CRD']
+    assert shuffle_modes(rewritten) == [b'CRD']
     assert np.abs(run_onnx(rewritten, lr_imgs) - expected).max() == 0
 
 
