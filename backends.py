@@ -4,7 +4,7 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
   - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
   - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
     Intel's inference runtime for CPUs (`pip install openvino`; only an Intel CPU was measured),
-    in fp32, bf16 (on a CPU with AMX) or int8 (the low-resolution trunk quantised by NNCF,
+    in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (the low-resolution trunk quantised by NNCF,
     `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
 480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.31-1.53x faster in OpenVINO bf16 than in
@@ -210,14 +210,14 @@ def check_precision(backend, precision):
 def openvino_precision(precision='auto'):
     """What OpenVINO computes in on this CPU for `precision`: 'fp32', 'bf16' or 'int8'.
 
-    'auto' is bf16 on a CPU with AMX (runtime.cpu_has_bf16_matrix_units), fp32 elsewhere, as for
-    PyTorch, and never int8 (AUTO_PICKS_INT8 says why).
+    'auto' is bf16 on a CPU that computes it in hardware (AMX or AVX-512 BF16:
+    runtime.cpu_has_bf16_arithmetic), fp32 elsewhere, as for PyTorch, and never int8 (AUTO_PICKS_INT8 says why).
     """
     check_precision('openvino', precision)
     if precision == 'auto':
         if AUTO_PICKS_INT8:
             return 'int8'
-        return 'bf16' if runtime.cpu_has_bf16_matrix_units() else 'fp32'
+        return 'bf16' if runtime.cpu_has_bf16_arithmetic() else 'fp32'
     return precision
 
 
@@ -334,7 +334,7 @@ class OpenVINOModel(nn.Module):
     With strips, and in int8, the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the
     upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they compute
     in bf16 the features pass between them in bf16, as they were computed. int8 quantises the trunk
-    alone, and its upsampling end computes in bf16 (fp32 on a CPU without AMX): on Set14 that cost
+    alone, and its upsampling end computes in bf16 (fp32 on a CPU without bf16 arithmetic): on Set14 that cost
     0.025 dB against 0.044 for quantising both (SRResNet; SRGAN-MSE 0.028 against 0.036), at the same
     speed (results/README.md). Otherwise it is one graph (ZeroOneSR).
 
@@ -360,8 +360,8 @@ class OpenVINOModel(nn.Module):
             proto = blocks_first_shuffles(export_model(self.model, part=part))
             return ov.Core().read_model(proto.SerializeToString())
 
-        # Layers left in floating point (int8's too) compute in bf16 where AMX is, else fp32.
-        float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_matrix_units() else 'bf16'
+        # Layers left in floating point (int8's too) compute in bf16 where the CPU has bf16 arithmetic.
+        float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_arithmetic() else 'bf16'
         parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width or self.precision == 'int8' else (ZeroOneSR,)
         graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
                                         lambda part=part: graph(part), cache) for part in parts]

@@ -15,7 +15,7 @@ repeats interleaved, so a machine busy with something else slows both alike):
    backward, Adam step) at its own defaults, and of the plain reference pipeline: a Dataset that
    decodes the image file for every sample, Pillow crop and bicubic downscale, torchvision-style
    to-tensor, NCHW eager float32. The project's rows compute in what the scripts' amp='auto' picks
-   (bf16 autocast on a GPU and on a CPU with AMX, where a float32 row shows what it buys); on a GPU
+   (bf16 autocast on a GPU and on a CPU with AMX or AVX-512 BF16, where a float32 row shows what it buys); on a GPU
    also larger batches and torch.compile. Then one train_srgan.py iteration (random VGG19 weights:
    speed does not depend on them).
 3. Utilisation: the GFLOP/s those rates mean (SRResNet x4 costs 2,218,176 multiply-accumulates
@@ -516,7 +516,7 @@ def bench_training(config, device, tmp, checkpoint_path, model_args, macs, notes
         if device.type != 'cuda' and config.batch_sizes:  # `--batch_sizes=[]` times no SRResNet rows here
             project_run('device stream, plain last conv', 'train_srresnet.py', config.batch_sizes[0],
                         model_flags + ['--data_on_device=on', '--shuffled_last_conv=False'])
-            # What bf16 buys on a CPU with AMX: the same run in float32.
+            # What bf16 buys on a CPU with bf16 arithmetic: the same run in float32.
             if precision != 'fp32':
                 project_run('device stream, fp32', 'train_srresnet.py', config.batch_sizes[0],
                             model_flags + ['--data_on_device=on', '--amp=off'])

@@ -142,15 +142,30 @@ def pick_device(name='auto'):
 
 
 def cpu_has_bf16_matrix_units():
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Sapphire Rapids and later).
+    """Whether this CPU multiplies bf16 matrices on tile units (Intel AMX, Sapphire Rapids and later).
 
-    There, oneDNN runs bf16 convolutions on the tile units, and an SRResNet training step under
-    bf16 autocast takes about half the time of float32 (measured on a 2-core Xeon with AMX). On a
-    CPU without bf16 instructions it ran 10x slower than float32 (a Zen 3 EPYC), so bf16 is only
-    chosen where AMX is. torch exposes the test privately (torch.cpu._is_amx_tile_supported);
-    a torch without it counts as no AMX.
+    Where it does, oneDNN's bf16 convolutions slow down with the width of the rows they read, so the
+    upsampling end runs on column strips there (super_resolve.prepare_for_backend). torch exposes the
+    test privately (torch.cpu._is_amx_tile_supported); a torch without it counts as no AMX.
     """
-    is_supported = getattr(torch.cpu, '_is_amx_tile_supported', None)
+    return _torch_cpu_check('_is_amx_tile_supported')
+
+
+def cpu_has_bf16_arithmetic():
+    """Whether this CPU computes bf16 in hardware: on AMX's tile units (cpu_has_bf16_matrix_units)
+    or with AVX-512 BF16's dot products (Intel Cooper Lake, AMD Zen 4 and later).
+
+    On both, oneDNN runs bf16 convolutions well ahead of float32: an SRResNet training step under
+    bf16 autocast took about half the time of float32 on a 2-core Xeon with AMX and 0.52x on a
+    2-core Zen 4 EPYC, and inference ran 3.6-3.8x and 2.1-2.2x as fast. On a CPU with neither, bf16
+    ran 10x slower than float32 (a Zen 3 EPYC), so bf16 is chosen only where one of them is.
+    """
+    return cpu_has_bf16_matrix_units() or _torch_cpu_check('_is_avx512_bf16_supported')
+
+
+def _torch_cpu_check(name):
+    """torch.cpu's private test `name`, False where this torch has no such test or cannot run it."""
+    is_supported = getattr(torch.cpu, name, None)
     try:
         return bool(is_supported and is_supported())
     except RuntimeError:  # a torch built without the check's CPU support
@@ -161,15 +176,16 @@ def amp_settings(device, amp):
     """(autocast dtype or None, use a GradScaler?): the one place training precision is decided.
 
     amp: 'auto' is bf16 on CUDA cards that support it, else fp16 with a GradScaler (fp16's narrow
-    range needs loss scaling, bf16's does not); bf16 on a CPU with bf16 matrix units (AMX), which
-    runs it twice as fast as float32; off elsewhere. 'bf16', 'fp16' and 'off' force a choice (both
+    range needs loss scaling, bf16's does not); bf16 on a CPU that computes it in hardware
+    (cpu_has_bf16_arithmetic: AMX, AVX-512 BF16), which runs a step about twice as fast as float32;
+    off elsewhere. 'bf16', 'fp16' and 'off' force a choice (both
     run on any CPU too, which is how the tests exercise the mixed-precision paths). Validation and
     inference stay in float32 whatever this says (super_resolve.py's precision is inference_dtype's).
     """
     if amp not in ('auto', 'bf16', 'fp16', 'off'):
         raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
     if amp == 'auto':
-        if device.type == 'cpu' and cpu_has_bf16_matrix_units():
+        if device.type == 'cpu' and cpu_has_bf16_arithmetic():
             return torch.bfloat16, False
         if device.type != 'cuda':
             return None, False
@@ -188,13 +204,15 @@ PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float
 def inference_dtype(device, precision='auto'):
     """The dtype a model computes in on `device` for a `precision` of 'auto', 'fp32', 'bf16' or 'fp16'.
 
-    'auto' is float16 on CUDA, bfloat16 on a CPU with bf16 matrix units (AMX), float32 elsewhere.
+    'auto' is float16 on CUDA, bfloat16 on a CPU that computes it in hardware (AMX or AVX-512 BF16:
+    cpu_has_bf16_arithmetic), float32 elsewhere.
     Measured with the shipped SRResNet and SRGAN-MSE on Set14 (results/README.md's table), either
     half precision moved PSNR by at most 0.0011 dB, well inside the 0.02 dB that 'auto' may cost,
-    and a pixel by at most 9 grey levels. bf16 ran 3.6-3.8x faster than float32 on a Xeon with AMX;
+    and a pixel by at most 9 grey levels. bf16 ran 3.6-3.8x faster than float32 on a Xeon with AMX
+    and 2.1-2.2x on a Zen 4 EPYC (AVX-512 BF16);
     fp16 ran at 0.72x float32's speed on that CPU, so it is chosen only on CUDA, where its
     differences are those measured with fp16 on that CPU (cuDNN may round a little differently)
-    and its speed was not measured on a GPU. A CPU without AMX runs bf16 convolutions far slower
+    and its speed was not measured on a GPU. A CPU with neither runs bf16 convolutions far slower
     than float32 (10x in training on a Zen 3 EPYC), so it stays float32.
     """
     if precision not in ('auto', *PRECISIONS):
@@ -202,7 +220,7 @@ def inference_dtype(device, precision='auto'):
     if precision == 'auto':
         if device.type == 'cuda':
             return torch.float16
-        if device.type == 'cpu' and cpu_has_bf16_matrix_units():
+        if device.type == 'cpu' and cpu_has_bf16_arithmetic():
             return torch.bfloat16
         return torch.float32
     return PRECISIONS[precision]

@@ -56,7 +56,8 @@ val_data_name: str = 'val'  # validation list: 'val' (held out of training) or a
 print_freq: int = 100  # iterations between log lines
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
-amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, bf16 on AMX CPUs, else off), 'bf16', 'fp16', 'off'
+amp: str = 'auto'  # mixed precision: 'auto' (bf16/fp16 on CUDA, bf16 on CPUs with bf16 arithmetic, else off),
+#                     'bf16', 'fp16', 'off' (runtime.amp_settings)
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 shuffled_last_conv: bool = True  # last 9x9 conv run before the last pixel shuffle: same maths and weights, faster
 compile: str = ''  # torch.compile mode: '' (off), 'default', 'reduce-overhead' (+ CUDA graphs), 'max-autotune'

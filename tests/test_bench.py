@@ -77,6 +77,7 @@ def test_bench_runs_and_writes_its_json(tmp_path, monkeypatch):
     constants as they were. bench.py is told the CPU has AMX, so the bf16 peak and the float32
     row run on any machine (the training scripts, in their own processes, decide for themselves)."""
     monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: True)
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: True)
     constants_before = {key: getattr(train_srresnet, key) for key in train_srresnet.__annotations__}
     results_file = tmp_path / 'bench.json'
     results = bench.main([
@@ -150,7 +151,8 @@ def test_precision_section_compares_half_precision_with_float32(tmp_path, monkey
     assert fp32['max_grey_diff'] == 0 and fp32['psnr_change'] == 0 and fp32['speedup'] == 1
     assert 0 < bf16['mean_grey_diff'] < 0.25 and bf16['max_grey_diff'] <= 9 and abs(bf16['psnr_change']) <= 0.02
     assert bf16['seconds'] > 0 and bf16['mp_per_s'] > 0 and 25 < fp32['psnr'] < 40
-    # Where precision='auto' keeps fp32 (a CPU without AMX), there is nothing to compare.
+    # Where precision='auto' keeps fp32 (a CPU without bf16 arithmetic), there is nothing to compare.
     monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: False)
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: False)
     results = bench.main(['--sections=precision', f'--results_file={tmp_path / "bench2.json"}'])
     assert results['precision'] is None and not results['notes']

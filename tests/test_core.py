@@ -932,10 +932,10 @@ def test_pick_device_names_and_amp_settings():
         runtime.amp_settings(cpu, 'fp8')
 
 
-@pytest.mark.parametrize('has_amx', [True, False])
-def test_auto_precision_on_a_cpu_is_bf16_only_with_amx(monkeypatch, has_amx):
-    monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
-    expected = (torch.bfloat16, False) if has_amx else (None, False)
+@pytest.mark.parametrize('has_bf16', [True, False])
+def test_auto_precision_on_a_cpu_is_bf16_only_with_bf16_arithmetic(monkeypatch, has_bf16):
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: has_bf16)
+    expected = (torch.bfloat16, False) if has_bf16 else (None, False)
     assert runtime.amp_settings(torch.device('cpu'), 'auto') == expected
     assert runtime.amp_settings(torch.device('cpu'), 'off') == (None, False)  # a forced choice still wins
 
@@ -944,6 +944,24 @@ def test_amx_check_answers_no_where_torch_cannot_tell(monkeypatch):
     assert runtime.cpu_has_bf16_matrix_units() in (True, False)
     monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported', raising=False)  # an older torch
     assert runtime.cpu_has_bf16_matrix_units() is False
+
+
+@pytest.mark.parametrize('amx, avx512_bf16, expected', [(True, False, True), (False, True, True),
+                                                          (True, True, True), (False, False, False)])
+def test_bf16_arithmetic_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    """A Zen 4 EPYC (AVX-512 BF16, no AMX) computes bf16 in hardware as a Xeon with AMX does; a
+    CPU with neither (a Zen 3 EPYC) does not, nor one whose check fails or that torch cannot test."""
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16, raising=False)
+    assert runtime.cpu_has_bf16_arithmetic() is expected
+    assert runtime.cpu_has_bf16_matrix_units() is amx  # the strips' test stays AMX's alone
+
+    def fails():
+        raise RuntimeError('built without the check')
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', fails)
+    assert runtime.cpu_has_bf16_arithmetic() is amx
+    monkeypatch.delattr(torch.cpu, '_is_avx512_bf16_supported')
+    assert runtime.cpu_has_bf16_arithmetic() is amx
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

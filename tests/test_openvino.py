@@ -179,7 +179,7 @@ def test_the_script_writes_the_same_image_on_either_backend(tmp_path, capsys):
 def test_bf16_stays_within_the_documented_difference_of_fp32():
     """The shipped SRResNet on the bundled example in OpenVINO bf16 moves PSNR by at most the 0.02 dB
     that precision='auto' may cost, and pixels by at most HALF_GREY_LEVELS (as PyTorch's bf16): on a
-    CPU with AMX it really computed in bf16 (the difference is not zero)."""
+    CPU with bf16 arithmetic it really computed in bf16 (the difference is not zero)."""
     lr_pil, hr_pil = chelsea_pair()
     plain, _ = runtime.load_sr_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
     outputs, psnrs = {}, {}
@@ -189,7 +189,7 @@ def test_bf16_stays_within_the_documented_difference_of_fp32():
         outputs[backend], psnrs[backend] = np.asarray(sr_pil, dtype=int), utils.compute_psnr_ssim(sr_pil, hr_pil, 4)[0]
     difference = np.abs(outputs['openvino'] - outputs['torch'])
     assert abs(psnrs['openvino'] - psnrs['torch']) <= 0.02 and difference.max() <= HALF_GREY_LEVELS
-    if runtime.cpu_has_bf16_matrix_units():
+    if runtime.cpu_has_bf16_arithmetic():
         assert 0 < difference.mean() < 0.25
 
 
@@ -258,9 +258,9 @@ def test_auto_is_openvino_on_a_cpu_where_installed_and_pytorch_elsewhere(monkeyp
     assert backends.pick_backend(CPU, 'auto') == 'torch'
 
 
-def test_auto_precision_on_openvino_is_bf16_with_amx_else_fp32_and_never_int8(monkeypatch):
-    for has_amx, expected in ((True, 'bf16'), (False, 'fp32')):
-        monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
+def test_auto_precision_on_openvino_is_bf16_with_bf16_arithmetic_else_fp32_and_never_int8(monkeypatch):
+    for has_bf16, expected in ((True, 'bf16'), (False, 'fp32')):
+        monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: has_bf16)
         assert backends.openvino_precision('auto') == expected
     assert backends.openvino_precision('int8') == 'int8' and not backends.AUTO_PICKS_INT8
 
@@ -415,6 +415,7 @@ def test_bench_times_every_backend_side_by_side_and_splits_a_video(tmp_path, mon
     val_list.write_text(json.dumps([str(folder / f'{seed}.png') for seed in range(3)]))
     monkeypatch.setattr(backends, 'CALIBRATION_LIST', str(val_list))
     monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: True)  # the rows of a CPU with AMX, anywhere
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: True)
     results = bench.main(['--sections=backends,video', '--inference_sizes=[[20, 14]]', '--inference_repeats=1',
                           '--video_size=[32, 24]', '--video_frames=2', f'--results_file={tmp_path / "bench.json"}'])
     section = results['backends']

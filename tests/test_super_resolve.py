@@ -671,9 +671,9 @@ def test_with_no_arguments_it_upscales_the_example(tmp_path):
 # Precision
 # ----------------------------------------------------------------------------------------------
 
-def test_auto_precision_is_fp16_on_cuda_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(monkeypatch):
-    for has_amx, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: has_amx)
+def test_auto_precision_is_fp16_on_cuda_bf16_on_a_cpu_with_bf16_arithmetic_and_fp32_elsewhere(monkeypatch):
+    for has_bf16, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: has_bf16)
         assert runtime.inference_dtype(CPU, 'auto') == expected
         assert runtime.inference_dtype(torch.device('cuda'), 'auto') == torch.float16  # no GPU needed to ask
         assert runtime.inference_dtype(torch.device('mps'), 'auto') == torch.float32
