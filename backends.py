@@ -4,12 +4,14 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
   - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
   - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
     Intel's inference runtime for CPUs (`pip install openvino`; only an Intel CPU was measured),
-    in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (the low-resolution trunk quantised by NNCF,
-    `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or fp32).
+    in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (the low-resolution trunk quantised
+    by NNCF, `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or
+    fp32).
 'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
 480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.31-1.53x faster in OpenVINO bf16 than in
 PyTorch bf16 (both with column strips, eleven runs; two tiles at once, map_tiles), and 1.11-1.49x in
-fp32 (bench.py's 'backends' section; results/README.md).
+fp32; on a 2-core Zen 4 EPYC (AVX-512 BF16, no AMX, no strips) 1.12-1.13x in bf16 and 1.19x in fp32
+(bench.py's 'backends' section; results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
 training), because compiling a model for another runtime is a job of its own, and because
@@ -51,8 +53,9 @@ CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test
 CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
 # Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 (the trunk) cost 0.025 dB
 # (SRResNet) and 0.028 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 44 and
-# 130 grey levels (bf16: 8), for 1.13-1.22x bf16's speed, and needs the validation images and 5 s of
-# calibration per model (each blend denoise='auto' reads is one): 'auto' never picks it.
+# 130 grey levels (bf16: 8), for 1.13-1.22x bf16's speed (1.29x on a Zen 4 EPYC), and needs the
+# validation images and 5 s of calibration per model (each blend denoise='auto' reads is one): 'auto'
+# never picks it.
 AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
 # AMX, in bf16, 480x270 (two tiles) ran 3-6% faster than tile after tile on both threads, 854x480
@@ -211,7 +214,8 @@ def openvino_precision(precision='auto'):
     """What OpenVINO computes in on this CPU for `precision`: 'fp32', 'bf16' or 'int8'.
 
     'auto' is bf16 on a CPU that computes it in hardware (AMX or AVX-512 BF16:
-    runtime.cpu_has_bf16_arithmetic), fp32 elsewhere, as for PyTorch, and never int8 (AUTO_PICKS_INT8 says why).
+    runtime.cpu_has_bf16_arithmetic), fp32 elsewhere, as for PyTorch, and never int8
+    (AUTO_PICKS_INT8 says why).
     """
     check_precision('openvino', precision)
     if precision == 'auto':
@@ -331,12 +335,13 @@ class OpenVINOModel(nn.Module):
         strip_width: > 0: the upsampling end runs on column strips of about this many LR columns
             (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
 
-    With strips, and in int8, the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the
-    upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they compute
-    in bf16 the features pass between them in bf16, as they were computed. int8 quantises the trunk
-    alone, and its upsampling end computes in bf16 (fp32 on a CPU without bf16 arithmetic): on Set14 that cost
-    0.025 dB against 0.044 for quantising both (SRResNet; SRGAN-MSE 0.028 against 0.036), at the same
-    speed (results/README.md). Otherwise it is one graph (ZeroOneSR).
+    With strips, and in int8, the network is compiled as two graphs, the trunk (ZeroOneTrunk) and
+    the upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they
+    compute in bf16 the features pass between them in bf16, as they were computed. int8 quantises
+    the trunk alone, and its upsampling end computes in bf16 (fp32 on a CPU without bf16
+    arithmetic): on Set14 that cost 0.025 dB against 0.044 for quantising both (SRResNet; SRGAN-MSE
+    0.028 against 0.036), at the same speed (results/README.md). Otherwise it is one graph
+    (ZeroOneSR).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles

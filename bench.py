@@ -15,9 +15,9 @@ repeats interleaved, so a machine busy with something else slows both alike):
    backward, Adam step) at its own defaults, and of the plain reference pipeline: a Dataset that
    decodes the image file for every sample, Pillow crop and bicubic downscale, torchvision-style
    to-tensor, NCHW eager float32. The project's rows compute in what the scripts' amp='auto' picks
-   (bf16 autocast on a GPU and on a CPU with AMX or AVX-512 BF16, where a float32 row shows what it buys); on a GPU
-   also larger batches and torch.compile. Then one train_srgan.py iteration (random VGG19 weights:
-   speed does not depend on them).
+   (bf16 autocast on a GPU and on a CPU with AMX or AVX-512 BF16, where a float32 row shows what it
+   buys); on a GPU also larger batches and torch.compile. Then one train_srgan.py iteration (random
+   VGG19 weights: speed does not depend on them).
 3. Utilisation: the GFLOP/s those rates mean (SRResNet x4 costs 2,218,176 multiply-accumulates
    per LR pixel, 2 FLOPs each; a training step counts 3x the forward), next to the peak of a large
    channels_last 3x3 convolution measured here.

@@ -178,9 +178,9 @@ def amp_settings(device, amp):
     amp: 'auto' is bf16 on CUDA cards that support it, else fp16 with a GradScaler (fp16's narrow
     range needs loss scaling, bf16's does not); bf16 on a CPU that computes it in hardware
     (cpu_has_bf16_arithmetic: AMX, AVX-512 BF16), which runs a step about twice as fast as float32;
-    off elsewhere. 'bf16', 'fp16' and 'off' force a choice (both
-    run on any CPU too, which is how the tests exercise the mixed-precision paths). Validation and
-    inference stay in float32 whatever this says (super_resolve.py's precision is inference_dtype's).
+    off elsewhere. 'bf16', 'fp16' and 'off' force a choice (both run on any CPU too, which is how
+    the tests exercise the mixed-precision paths). Validation and inference stay in float32 whatever
+    this says (super_resolve.py's precision is inference_dtype's).
     """
     if amp not in ('auto', 'bf16', 'fp16', 'off'):
         raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")

@@ -137,8 +137,8 @@ video_batch: int = 0  # frames per model call (0 = 8 on a GPU, 1 elsewhere)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 backend: str = 'auto'  # 'auto' (OpenVINO on a CPU where it is installed, else PyTorch), 'torch' or 'openvino'
-precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16, else fp32), 'fp32', 'bf16', 'fp16'
-#                          or 'int8' (backend 'openvino' only; calibrated on data/val_images.json, see backends.py)
+precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16, else fp32), 'fp32',
+#                          'bf16', 'fp16' or 'int8' (backend 'openvino' only; calibrated on data/val_images.json, see backends.py)
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
