@@ -3,7 +3,7 @@
 A trained generator runs on one of two backends (super_resolve.py's and eval.py's `backend`):
   - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
   - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
-    Intel's inference runtime for CPUs (`pip install openvino`; only an Intel CPU was measured),
+    Intel's inference runtime for CPUs (`pip install openvino`; measured on an Intel Xeon and an AMD EPYC),
     in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (the low-resolution trunk quantised
     by NNCF, `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or
     fp32).

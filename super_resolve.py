@@ -137,8 +137,9 @@ video_batch: int = 0  # frames per model call (0 = 8 on a GPU, 1 elsewhere)
 # System
 device: str = 'auto'  # 'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda:1'
 backend: str = 'auto'  # 'auto' (OpenVINO on a CPU where it is installed, else PyTorch), 'torch' or 'openvino'
-precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16, else fp32), 'fp32',
-#                          'bf16', 'fp16' or 'int8' (backend 'openvino' only; calibrated on data/val_images.json, see backends.py)
+precision: str = 'auto'  # 'auto' (fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16, else fp32),
+#                          'fp32', 'bf16', 'fp16' or 'int8' (backend 'openvino' only; calibrated on
+#                          data/val_images.json, see backends.py)
 channels_last: bool = True  # NHWC memory format: faster convolutions on recent CPUs and GPUs
 max_output_megapixels: int = 64  # refuse larger outputs (1920x1080 x4 is 33 MP, 2 GB on a CPU; see below)
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ TILE_WIDTH_STEP = 8
 # (models.in_column_strips), whose rows at 2x and 4x then stay in the cores' caches. Each backend's
 # best (or within 1% of it) of 0-128 on 480x270, on a 2-core Xeon with AMX (bench.py's strip rows,
 # four runs): PyTorch 1.35-1.53x, OpenVINO 1.07-1.15x faster (int8 1.17-1.26x). In fp32, bound by
-# arithmetic, strips made both 1-10% slower: none there.
+# arithmetic, strips made both 1-10% slower: none there. Nor on a CPU whose bf16 is AVX-512 BF16 alone
+# (a Zen 4 EPYC): there they cost OpenVINO 2-10% and gained PyTorch 1-5%.
 STRIP_WIDTHS = {'torch': 48, 'openvino': 96}
 AUTO_VIDEO_FRAMES = 8  # denoise='auto' reads a video's damage from this many first frames (their mean reading)
 # Peak memory of an upscale, measured on a CPU from 480x270 to 1536x864 inputs: 22 bytes per output
