@@ -4,14 +4,15 @@ A trained generator runs on one of two backends (super_resolve.py's and eval.py'
   - 'torch': PyTorch itself (super_resolve.prepare_for_inference's model);
   - 'openvino': the same network as export_onnx.py writes it (export_model), compiled by OpenVINO,
     Intel's inference runtime for CPUs (`pip install openvino`; measured on an Intel Xeon and an AMD EPYC),
-    in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (the low-resolution trunk quantised
-    by NNCF, `pip install nncf`, calibrated on the validation images; the upsampling end in bf16 or
-    fp32).
-'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere. On a 2-core Xeon with AMX,
-480x270 -> 1920x1080 with super_resolve.py's tiles ran 1.31-1.53x faster in OpenVINO bf16 than in
-PyTorch bf16 (both with column strips, eleven runs; two tiles at once, map_tiles), and 1.11-1.49x in
-fp32; on a 2-core Zen 4 EPYC (AVX-512 BF16, no AMX, no strips) 1.12-1.13x in bf16 and 1.19x in fp32
-(bench.py's 'backends' section; results/README.md).
+    in fp32, bf16 (on a CPU with AMX or AVX-512 BF16) or int8 (quantised by NNCF, `pip install nncf`,
+    calibrated on crops of the validation images shipped in checkpoints/int8_calibration_x4.npz).
+'auto' is OpenVINO on a CPU where it is installed, PyTorch elsewhere; on OpenVINO, precision 'auto'
+is int8 on a CPU with int8 dot products (openvino_precision). 480x270 -> 1920x1080 with
+super_resolve.py's tiles ran, against PyTorch's precision='auto' (bf16): on a 2-core Xeon with AMX
+1.31-1.53x in OpenVINO bf16 and 1.60-1.76x in int8 (both with column strips; two tiles at once,
+map_tiles); on a 2-core Zen 4 EPYC (AVX-512 BF16 and VNNI, no AMX, no strips) 1.12-1.13x in bf16
+and 1.8x in int8; in fp32 1.11-1.49x and 1.19x PyTorch's fp32 (bench.py's 'backends' section;
+results/README.md).
 
 This file is separate from runtime.py, which drives a run (config, device, checkpoints,
 training), because compiling a model for another runtime is a job of its own, and because
@@ -22,6 +23,7 @@ Importing this module imports neither onnx nor openvino: they are imported where
 import collections
 import concurrent.futures
 import hashlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -30,6 +32,7 @@ import queue
 import shutil
 import tempfile
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -49,14 +52,11 @@ EXPORT_OPSET = 18  # export_onnx.py's default opset (the lowest torch.onnx write
 # int8, of the calibration images): a folder of this project's own, where no user file is overwritten.
 OPENVINO_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'runs', 'openvino_cache')  # git ignores runs/
 CALIBRATION_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'val_images.json')
-CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (never a test set)
+# int8's calibration images, shipped, so that int8 needs no dataset: LR crops of the validation images
+# (export_onnx.py --write_calibration=True makes the file from CALIBRATION_LIST; never from a test set).
+CALIBRATION_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'checkpoints', 'int8_calibration_x4.npz')
+CALIBRATION_IMAGES = 50  # validation images int8 is calibrated on (on held-out ones, 32 cost less than 8 or 16)
 CALIBRATION_CROP = 96  # side of the centred LR crop of each, in px (statistics of whole images, at a tenth of the time)
-# Measured on Set14 on a 2-core Xeon with AMX (results/README.md): int8 (the trunk) cost 0.025 dB
-# (SRResNet) and 0.028 dB (SRGAN-MSE), under the 0.05 dB bar, but moved single pixels by up to 44 and
-# 130 grey levels (bf16: 8), for 1.13-1.22x bf16's speed (1.29x on a Zen 4 EPYC), and needs the
-# validation images and 5 s of calibration per model (each blend denoise='auto' reads is one): 'auto'
-# never picks it.
-AUTO_PICKS_INT8 = False
 # Several tiles run two at a time (OpenVINO streams), each on half the threads: on a 2-core Xeon with
 # AMX, in bf16, 480x270 (two tiles) ran 3-6% faster than tile after tile on both threads, 854x480
 # (six tiles) 11% (results/README.md).
@@ -179,7 +179,7 @@ def openvino_installed():
 def pick_backend(device, backend='auto', precision='auto'):
     """'torch' or 'openvino': what `backend` ('auto', 'torch' or 'openvino') runs on `device`.
 
-    'auto' is OpenVINO on a CPU where it is installed (faster there in fp32 and in bf16, measured)
+    'auto' is OpenVINO on a CPU where it is installed (faster there in fp32, bf16 and int8, measured)
     and `precision` is one it takes (not fp16), else PyTorch: on CUDA and MPS always. Asked for
     by name, 'openvino' on a GPU or where it is not installed is a ConfigError naming the option.
     """
@@ -210,16 +210,23 @@ def check_precision(backend, precision):
     return precision
 
 
+def nncf_installed():
+    """Whether NNCF, which quantises a model to int8, is installed here (looked up, not imported: slow)."""
+    return importlib.util.find_spec('nncf') is not None
+
+
 def openvino_precision(precision='auto'):
     """What OpenVINO computes in on this CPU for `precision`: 'fp32', 'bf16' or 'int8'.
 
-    'auto' is bf16 on a CPU that computes it in hardware (AMX or AVX-512 BF16:
-    runtime.cpu_has_bf16_arithmetic), fp32 elsewhere, as for PyTorch, and never int8
-    (AUTO_PICKS_INT8 says why).
+    'auto' is int8 on a CPU with int8 dot products (AVX-512 VNNI or AMX:
+    runtime.cpu_has_int8_dot_products) where NNCF and the calibration file are there: with the
+    shipped SRResNet and SRGAN-MSE it cost at most 0.034 dB on Set14, under the 0.05 dB bar, and ran
+    1.13-1.62x OpenVINO's bf16 (results/README.md). Elsewhere it is bf16 on a CPU that computes it in
+    hardware (AMX or AVX-512 BF16: runtime.cpu_has_bf16_arithmetic), else fp32, as for PyTorch.
     """
     check_precision('openvino', precision)
     if precision == 'auto':
-        if AUTO_PICKS_INT8:
+        if runtime.cpu_has_int8_dot_products() and nncf_installed() and os.path.isfile(CALIBRATION_FILE):
             return 'int8'
         return 'bf16' if runtime.cpu_has_bf16_arithmetic() else 'fp32'
     return precision
@@ -229,49 +236,80 @@ def openvino_precision(precision='auto'):
 # int8 calibration
 # ----------------------------------------------------------------------------------------------
 
-def calibration_images(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRATION_CROP, scaling_factor=4):
-    """LR images to calibrate int8 on: (1, 3, h, w) float32 arrays in [0, 1], the graph's input.
+def validation_crops(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRATION_CROP, scaling_factor=4):
+    """LR crops of the validation images, to calibrate int8 on: (h, w, 3) uint8 RGB arrays.
 
     The first n_images of the validation list (list_path None: CALIBRATION_LIST, the images that
     utils.create_data_lists holds out of training; a test set is never used), each shrunk by
-    scaling_factor as eval.py shrinks its test images (utils.ImageTransforms 'test'), then cut
-    to its centred crop x crop LR pixels.
+    scaling_factor as eval.py shrinks its test images (utils.ImageTransforms 'test', 8-bit), then
+    cut to its centred crop x crop LR pixels (less where the image is smaller).
     """
     list_path = list_path or CALIBRATION_LIST
     if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"precision 'int8' is calibrated on the validation images of {list_path}, which "
-                                f"is missing: `python create_data_lists.py` writes it (or use another precision)")
+        raise FileNotFoundError(f"int8's calibration crops are cut from the validation images of {list_path}, "
+                                f"which is missing: `python create_data_lists.py` writes it")
     with open(list_path) as f:
         paths = json.load(f)[:n_images]
     runtime.require(paths, f"{list_path} lists no images to calibrate int8 on")
     transform = utils.ImageTransforms('test', 0, scaling_factor, '[0, 1]', '[0, 1]')
-    images = []
+    crops = []
     for path in paths:
         with Image.open(path) as img:
-            lr_img, _ = transform(utils.pil_to_rgb(img))  # (3, h, w), in [0, 1]
+            lr_img, _ = transform(utils.pil_to_rgb(img))  # (3, h, w), in [0, 1], 8-bit values
         height, width = lr_img.shape[-2:]
         top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
-        images.append(lr_img[None, :, top:top + crop, left:left + crop].numpy())  # (1, 3, crop, crop), in [0, 1]
-    return images
+        lr_crop = lr_img[:, top:top + crop, left:left + crop]  # (3, crop, crop) or less, in [0, 1]
+        crops.append((lr_crop * 255).round().byte().permute(1, 2, 0).numpy())  # (crop, crop, 3) uint8
+    return crops
 
 
-def quantize_int8(ov_model, images):
+def calibration_images(path=None):
+    """The images int8 is calibrated on, as the graph takes them: (1, 3, h, w) float32 arrays in [0, 1].
+
+    Read from path (None: CALIBRATION_FILE, shipped: validation_crops' crops of the 4x-shrunk
+    validation images, arrays crop_00, crop_01, ... of an .npz). Any LR photo calibrates a model
+    of any scale: the crops are only typical inputs.
+    """
+    path = path or CALIBRATION_FILE
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"precision 'int8' is calibrated on the images of {path}, which is missing: "
+                                f"`python export_onnx.py --write_calibration=True` makes it from the validation "
+                                f"images (or use another precision)")
+    try:
+        with np.load(path, allow_pickle=False) as crops:  # numbers only: nothing in the file can run code
+            arrays = [crops[name] for name in sorted(crops.files)]
+    except (OSError, ValueError, zipfile.BadZipFile):  # numpy's words would suggest loading it unsafely
+        raise runtime.ConfigError(f"{path} could not be read as an .npz of images: `python export_onnx.py "
+                                  f"--write_calibration=True --overwrite=True` makes it anew") from None
+    runtime.require(arrays and all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in arrays),
+                    f"{path} holds no (h, w, 3) uint8 images to calibrate int8 on")
+    return [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) / 255. for a in arrays]  # (1, 3, h, w)
+
+
+def quantize_int8(ov_model, images, image_out):
     """The OpenVINO model quantised to int8 by NNCF's post-training quantisation on `images`
-    (the graph's inputs, float32 arrays: for the trunk (1, 3, h, w) in [0, 1]).
+    (the graph's inputs, float32 arrays: (1, 3, h, w) in [0, 1], calibration_images).
 
     Weights are int8 per output channel, activations int8 with symmetric ranges from the images'
     statistics ('performance' preset; on the trunk, asymmetric ranges ('mixed') cost about as much
-    on Set14 and ran 4-7% slower on 480x270, on a 2-core Xeon with AMX). The first convolution,
-    which reads the image, stays in floating point.
+    on Set14 and ran 4-7% slower on 480x270, on a 2-core Xeon with AMX). The convolutions that read
+    and write the image stay in floating point: the first, and the last where the graph ends at
+    the image (image_out). Quantising the last too cost SRGAN-MSE 0.048 dB on Set14 instead of
+    0.034, for 1.17x the speed (on a 2-core Zen 4 EPYC, results/README.md).
     """
+    # NNCF's import looks for torch's C++ toolchain, and torch warns where a CUDA build finds no CUDA:
+    # a note about a GPU on a CPU-only run, which no step here needs.
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
     try:
         import nncf
     except ImportError:
         raise runtime.ConfigError(f"precision 'int8' needs NNCF to quantise the model: {INT8_HINT}") from None
     nncf.set_log_level(logging.WARNING)  # its notes on each layer it leaves alone are not the user's business
+    print(f"int8: calibrating on {len(images)} validation crops, once for these weights (then cached)", flush=True)
     convolutions = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == 'Convolution']
+    in_float = [convolutions[0], convolutions[-1]] if image_out else [convolutions[0]]
     return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=[convolutions[0]]))
+                         subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=in_float))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,19 +367,22 @@ class OpenVINOModel(nn.Module):
         fast: the network as export_onnx.py exports it, float32 (super_resolve.prepare_for_inference
             without channels_last, its shuffled convolution frozen).
         precision: 'fp32', 'bf16' or 'int8' (openvino_precision; 'auto' is resolved here too).
-        calibration: for int8, the images to calibrate the trunk on (calibration_images; None reads them).
+        calibration: for int8, the images to calibrate on (calibration_images; None reads them).
         threads: CPU threads OpenVINO uses (0 = as many as torch uses).
         cache: where exported graphs are kept (None: OPENVINO_CACHE; cached_openvino_model).
         strip_width: > 0: the upsampling end runs on column strips of about this many LR columns
             (models.in_column_strips; super_resolve.STRIP_WIDTHS says where it pays).
 
-    With strips, and in int8, the network is compiled as two graphs, the trunk (ZeroOneTrunk) and
-    the upsampling end (ZeroOneUpsampling), so that the second can run strip by strip; where they
-    compute in bf16 the features pass between them in bf16, as they were computed. int8 quantises
-    the trunk alone, and its upsampling end computes in bf16 (fp32 on a CPU without bf16
-    arithmetic): on Set14 that cost 0.025 dB against 0.044 for quantising both (SRResNet; SRGAN-MSE
-    0.028 against 0.036), at the same speed (results/README.md). Otherwise it is one graph
-    (ZeroOneSR).
+    With strips the network is compiled as two graphs, the trunk (ZeroOneTrunk) and the upsampling
+    end (ZeroOneUpsampling), so that the second can run strip by strip; where they compute in bf16
+    the features pass between them in bf16, as they were computed. Otherwise it is one graph
+    (ZeroOneSR). int8 quantises the first graph (quantize_int8):
+      - one graph: every convolution but the first and the last. On a 2-core Zen 4 EPYC that ran
+        1.61x bf16 and cost 0.033 dB on Set14 (SRResNet; SRGAN-MSE 1.61x and 0.034 dB), against
+        1.30x and 0.023 dB for the trunk alone;
+      - with strips (on AMX), the trunk, the upsampling end computing in bf16: there, quantising
+        both cost 0.044 dB against 0.025 (SRResNet; SRGAN-MSE 0.036 against 0.028), at the same
+        speed (results/README.md).
 
     forward() takes and gives what the PyTorch model does: (N, 3, h, w) ImageNet-normed in,
     (N, 3, h * s, w * s) in [-1, 1] out, float32 on the CPU, so super_resolve.upscale_tensor tiles
@@ -367,15 +408,15 @@ class OpenVINOModel(nn.Module):
 
         # Layers left in floating point (int8's too) compute in bf16 where the CPU has bf16 arithmetic.
         float_precision = 'f32' if self.precision == 'fp32' or not runtime.cpu_has_bf16_arithmetic() else 'bf16'
-        parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width or self.precision == 'int8' else (ZeroOneSR,)
+        parts = (ZeroOneTrunk, ZeroOneUpsampling) if strip_width else (ZeroOneSR,)
         graphs = [cached_openvino_model(weights_hash(self.model, f"{tag} {part.__name__}"),
                                         lambda part=part: graph(part), cache) for part in parts]
-        if self.precision == 'int8':  # the trunk; its first convolution stays in floating point
-            images = calibration_images(scaling_factor=2 ** len(self.model.subpixel_convolutional_blocks)) \
-                if calibration is None else calibration
+        if self.precision == 'int8':  # the first graph: the whole network, or the trunk
+            images = calibration_images() if calibration is None else calibration
             images_hash = hashlib.sha256(b''.join(image.tobytes() for image in images)).hexdigest()
-            key = weights_hash(self.model, f"{tag} ZeroOneTrunk int8 performance {images_hash}")
-            graphs[0] = cached_openvino_model(key, lambda: quantize_int8(graphs[0], images), cache)
+            image_out = parts[0] is ZeroOneSR
+            key = weights_hash(self.model, f"{tag} {parts[0].__name__} int8 performance {images_hash}")
+            graphs[0] = cached_openvino_model(key, lambda: quantize_int8(graphs[0], images, image_out), cache)
         if len(graphs) == 2 and float_precision == 'bf16':  # the features pass in bf16
             from openvino.preprocess import PrePostProcessor
             trunk, upsampling = PrePostProcessor(graphs[0]), PrePostProcessor(graphs[1])

@@ -32,8 +32,8 @@ repeats interleaved, so a machine busy with something else slows both alike):
    OpenVINO fp32, bf16 and int8 (backends.py), best of `inference_repeats` on the largest
    inference input, with each row's share of the measured bf16 (or fp32) convolution peak, its
    differences from PyTorch fp32 and its PSNR on `precision_images`. int8 is calibrated on the
-   validation list (backends.CALIBRATION_LIST); a row that cannot run (OpenVINO or NNCF missing)
-   is a note. Then each model that runs its upsampling end on column strips (bf16 and int8 on a
+   shipped validation crops (backends.CALIBRATION_FILE); a row that cannot run (OpenVINO, NNCF or
+   the crops missing) is a note. Then each model that runs its upsampling end on column strips (bf16 and int8 on a
    CPU with AMX) is timed with each of `strip_widths` (super_resolve.STRIP_WIDTHS), side by side.
 7. Video (section 'video', not run by default): a synthetic `video_size` clip of `video_frames`
    frames made with PyAV, and where its time goes: decoding, the model (what backend='auto' runs)
@@ -638,7 +638,7 @@ def bench_backends(config, device, macs):
             models[backend, precision] = super_resolve.prepare_for_backend(plain, backend, device, precision)
             if backend == 'openvino':
                 print(f"  openvino {precision}: ready in {time.perf_counter() - started:.1f} s")
-        except (Exception, SystemExit) as error:  # OpenVINO, NNCF or the calibration list missing: a note
+        except (Exception, SystemExit) as error:  # OpenVINO, NNCF or the calibration crops missing: a note
             notes.append(f"backend {backend} {precision} was not timed: {type(error).__name__}: {error}")
             print(f"  note: {notes[-1]}")
     s = super_resolve.scaling_factor_of(models['torch', 'fp32'])

@@ -6,6 +6,7 @@ or a browser (onnxruntime-web).
     python export_onnx.py --checkpoint=checkpoints/srgan_mse_x4.pth      # its generator -> srgan_mse_x4.onnx
     python export_onnx.py --denoise=0.5 --texture=0.3     # a blend of the shipped models -> srresnet_d0.5_t0.3_x4.onnx
     python export_onnx.py --for_web=True     # the browser page's models -> web/models/*.onnx and models.json
+    python export_onnx.py --write_calibration=True --overwrite=True   # OpenVINO int8's calibration crops, anew
 
 The file keeps the contract other super-resolution tools expect, so that it runs without this
 project's code: one input 'lr', float32 RGB in [0, 1], NCHW, and one output 'sr', float32 RGB in
@@ -37,6 +38,7 @@ leaves the arithmetic in float32. Each half-weight file is written only if its o
 models.json, names the files, their labels and sizes for the page's menu.
 """
 import copy
+import io
 import json
 import os
 import tempfile
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 
 import runtime
 import utils
+import backends
 from backends import ZeroOneSR, export_model  # the graph, which backend 'openvino' compiles too
 from models import freeze_shuffled_convolutions
 from super_resolve import model_label, prepare_for_inference, scaling_factor_of
@@ -74,6 +77,8 @@ for_web: bool = False  # write the browser page's models (the four checkpoints a
 web_folder: str = 'web/models'  # for_web: <name>.onnx with float16 weights, and the page's menu, models.json
 web_blends: list = []  # for_web: [denoise, texture] blends offered too, e.g. [[0.5, 0.3]] (3.4 MB each)
 web_grey_levels: int = 1  # for_web: largest allowed |float16 - float32 weights| of the 8-bit outputs
+# OpenVINO int8
+write_calibration: bool = False  # write int8's calibration crops (backends.CALIBRATION_FILE) from data/val_images.json instead
 # ----------------------------------------------------------------------------------------------
 
 
@@ -109,6 +114,8 @@ def main(argv):
     config = runtime.parse_config(globals(), argv)
     if config.for_web:
         return export_for_web(config, argv)
+    if config.write_calibration:
+        return write_calibration(config.overwrite)
     runtime.require(config.tolerance > 0, f"tolerance must be > 0, got {config.tolerance}")
     runtime.require(config.check_sizes and all(isinstance(size, list) and len(size) == 2 and min(size) >= 1
                                                for size in config.check_sizes),
@@ -168,6 +175,23 @@ def main(argv):
     print(f"Wrote {output_path} ({len(model_bytes) / 1e6:.1f} MB, opset {config.opset}, dynamic batch, height "
           f"and width; operators {', '.join(operators)})")
     return output_path
+
+
+def write_calibration(overwrite):
+    """Write backends.CALIBRATION_FILE, the images OpenVINO's int8 is calibrated on: the centred LR
+    crops of the first validation images (backends.validation_crops), as uint8 arrays in an .npz.
+    Returns its path. The file is shipped: it is replaced only with overwrite."""
+    crops = backends.validation_crops()
+    path = backends.CALIBRATION_FILE
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists and is kept (--overwrite=True replaces it)")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{f'crop_{i:02d}': crop for i, crop in enumerate(crops)})  # (h, w, 3) uint8 each
+    with utils.atomic_write(path, exists='replace' if overwrite else 'refuse') as f:
+        f.write(buffer.getvalue())
+    print(f"Wrote {path}: {len(crops)} LR crops of {backends.CALIBRATION_LIST}'s first images "
+          f"({len(buffer.getvalue()) / 1e6:.1f} MB)")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

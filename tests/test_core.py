@@ -964,6 +964,23 @@ def test_bf16_arithmetic_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, ex
     assert runtime.cpu_has_bf16_arithmetic() is amx
 
 
+@pytest.mark.parametrize('amx, vnni, expected', [(True, False, True), (False, True, True),
+                                                   (True, True, True), (False, False, False)])
+def test_int8_dot_products_are_amx_or_avx512_vnni(monkeypatch, amx, vnni, expected):
+    """A Zen 4 EPYC (AVX-512 VNNI, no AMX) multiplies int8 in hardware as a Xeon with AMX does; a
+    CPU with neither (a Zen 3 EPYC, AVX2 alone) does not, nor one whose check fails or is missing."""
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_vnni_supported', lambda: vnni, raising=False)
+    assert runtime.cpu_has_int8_dot_products() is expected
+
+    def fails():
+        raise RuntimeError('built without the check')
+    monkeypatch.setattr(torch.cpu, '_is_vnni_supported', fails)
+    assert runtime.cpu_has_int8_dot_products() is amx
+    monkeypatch.delattr(torch.cpu, '_is_vnni_supported')
+    assert runtime.cpu_has_int8_dot_products() is amx
+
+
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     runtime.seed_everything(3)
     path = str(tmp_path / 'rng.pth')

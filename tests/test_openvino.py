@@ -40,14 +40,6 @@ needs_openvino = pytest.mark.skipif(not backends.openvino_installed(), reason="O
                                                                               "(pip install openvino)")
 
 
-def nncf_installed():
-    try:
-        import nncf  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     """Every test compiles into its own cache folder, never the project's runs/openvino_cache."""
@@ -198,14 +190,14 @@ def test_bf16_stays_within_the_documented_difference_of_fp32():
 # ----------------------------------------------------------------------------------------------
 
 @needs_openvino
-@pytest.mark.skipif(not nncf_installed(), reason="NNCF is not installed (pip install nncf)")
+@pytest.mark.skipif(not backends.nncf_installed(), reason="NNCF is not installed (pip install nncf)")
 @pytest.mark.parametrize('strip_width', [0, 16])
 def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
-    """The shipped SRResNet with its trunk quantised to int8, calibrated on crops of the bundled
-    example (the validation images are not part of the repository), costs at most INT8_PSNR_BOUND
-    on each of a few images against fp32, and really is quantised: its output differs. The trunk
-    runs its convolutions in int8 but the first; the upsampling end, whole or in column strips,
-    in floating point."""
+    """The shipped SRResNet quantised to int8, calibrated on crops of the bundled example, costs at
+    most INT8_PSNR_BOUND on each of a few images against fp32, and really is quantised: its output
+    differs. In one graph every convolution is int8 but the first and the last, which read and
+    write the image; with column strips the trunk is int8 but its first convolution, and the
+    upsampling end computes in floating point."""
     lr_pil, hr_pil = chelsea_pair()
     plain, _ = runtime.load_sr_model(os.path.join(REPO, super_resolve.srresnet_checkpoint), CPU)
     images = [(lr_pil, hr_pil)]
@@ -219,16 +211,22 @@ def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
     exportable = freeze_shuffled_convolutions(super_resolve.prepare_for_inference(copy.deepcopy(plain), False))
     int8 = backends.OpenVINOModel(exportable, 'int8', calibration=calibration, strip_width=strip_width)
     fp32 = super_resolve.prepare_for_backend(plain, 'torch', CPU, 'fp32')
-    assert int8.precision == 'int8' and len(int8.requests) == 2
+    assert int8.precision == 'int8' and len(int8.requests) == (2 if strip_width else 1)
 
     def convolution_precisions(request):  # in the graph's order, as OpenVINO runs them
         ops = request.get_compiled_model().get_runtime_model().get_ordered_ops()
         info = [op.get_rt_info() for op in ops]
         return [i['runtimePrecision'].astype(str) for i in info if i['layerType'].astype(str) == 'Convolution']
 
-    trunk, upsampling = (convolution_precisions(request) for request in int8.requests)
-    assert trunk[0] in ('bf16', 'f32') and set(trunk[1:]) <= {'i8', 'u8'} and len(trunk) == 34
-    assert set(upsampling) <= {'bf16', 'f32'} and len(upsampling) == 3
+    floats, ints = {'bf16', 'f32'}, {'i8', 'u8'}
+    if strip_width:
+        trunk, upsampling = (convolution_precisions(request) for request in int8.requests)
+        assert trunk[0] in floats and set(trunk[1:]) <= ints and len(trunk) == 34
+        assert set(upsampling) <= floats and len(upsampling) == 3
+    else:
+        [whole_graph] = (convolution_precisions(request) for request in int8.requests)
+        assert len(whole_graph) == 37 and {whole_graph[0], whole_graph[-1]} <= floats
+        assert set(whole_graph[1:-1]) <= ints
     for lr_img, hr_img in images:
         psnr_fp32, psnr_int8 = (utils.compute_psnr_ssim(upscale(model, lr_img), hr_img, 4)[0] for model in (fp32, int8))
         assert psnr_fp32 - psnr_int8 <= INT8_PSNR_BOUND
@@ -236,11 +234,44 @@ def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
     assert np.abs(a - b).mean() > 0.1  # quantised: not the float model
 
 
-def test_int8_needs_the_validation_list_and_says_so(tmp_path):
-    """Without data/val_images.json, precision 'int8' is refused in one line that names the list and
-    how to make it (a test set is never used instead)."""
+def test_the_shipped_calibration_is_the_validation_crops_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
+    """checkpoints/int8_calibration_x4.npz holds CALIBRATION_IMAGES uint8 crops, read as the graph's
+    inputs; export_onnx.py --write_calibration=True writes them from a validation list (here a
+    generated one) and keeps an existing file unless told to replace it; a missing file or list
+    is refused in one line saying how to make it (a test set is never used instead)."""
+    import export_onnx
+    shipped = backends.calibration_images()
+    assert len(shipped) == backends.CALIBRATION_IMAGES
+    assert all(a.dtype == np.float32 and a.shape[:2] == (1, 3) and max(a.shape[2:]) <= backends.CALIBRATION_CROP
+               and 0 <= a.min() and a.max() <= 1 for a in shipped)
+    folder = tmp_path / 'val'
+    folder.mkdir()
+    for seed in range(2):
+        textured_image(480, 320 + 80 * seed, seed).save(folder / f'{seed}.png')  # LR 120x80 and 120x100
+    val_list = tmp_path / 'val_images.json'
+    val_list.write_text(json.dumps([str(folder / f'{seed}.png') for seed in range(2)]))
+    written = tmp_path / 'calibration.npz'
+    monkeypatch.setattr(backends, 'CALIBRATION_LIST', str(val_list))
+    monkeypatch.setattr(backends, 'CALIBRATION_FILE', str(written))
+    assert export_onnx.main(['--write_calibration=True']) == str(written)
+    crops = backends.calibration_images()
+    assert [a.shape for a in crops] == [(1, 3, 80, 96), (1, 3, 96, 96)]
+    with Image.open(folder / '1.png') as img:  # the second image, shrunk 4x, its centred 96x96
+        lr = np.asarray(img.resize((120, 100), Image.BICUBIC), dtype=np.float32)[2:98, 12:108] / 255.
+    assert np.array_equal(crops[1][0].transpose(1, 2, 0), lr)
+    before = written.read_bytes()
+    with pytest.raises(FileExistsError, match=r"calibration.npz exists and is kept \(--overwrite=True replaces it\)"):
+        export_onnx.main(['--write_calibration=True'])
+    assert written.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match=r"missing.npz, which is missing: `python export_onnx.py "
+                                                r"--write_calibration=True`"):
+        backends.calibration_images(str(tmp_path / 'missing.npz'))
+    damaged = tmp_path / 'damaged.npz'
+    damaged.write_bytes(before[:100])  # a truncated file
+    with pytest.raises(runtime.ConfigError, match=r"damaged.npz could not be read as an .npz of images"):
+        backends.calibration_images(str(damaged))
     with pytest.raises(FileNotFoundError, match=r"val_images.json, which is missing: `python create_data_lists.py`"):
-        backends.calibration_images(str(tmp_path / 'val_images.json'))
+        backends.validation_crops(str(tmp_path / 'no' / 'val_images.json'))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,11 +289,23 @@ def test_auto_is_openvino_on_a_cpu_where_installed_and_pytorch_elsewhere(monkeyp
     assert backends.pick_backend(CPU, 'auto') == 'torch'
 
 
-def test_auto_precision_on_openvino_is_bf16_with_bf16_arithmetic_else_fp32_and_never_int8(monkeypatch):
-    for has_bf16, expected in ((True, 'bf16'), (False, 'fp32')):
+def test_auto_precision_on_openvino_is_int8_with_int8_dot_products_else_bf16_or_fp32(monkeypatch, tmp_path):
+    """'auto' is int8 where the CPU has int8 dot products, NNCF is installed and the calibration
+    file is there; else bf16 with bf16 arithmetic, else fp32. A precision asked for by name stays."""
+    monkeypatch.setattr(backends, 'nncf_installed', lambda: True)
+    for int8_units, has_bf16, expected in ((True, True, 'int8'), (True, False, 'int8'),
+                                           (False, True, 'bf16'), (False, False, 'fp32')):
+        monkeypatch.setattr(runtime, 'cpu_has_int8_dot_products', lambda: int8_units)
         monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: has_bf16)
         assert backends.openvino_precision('auto') == expected
-    assert backends.openvino_precision('int8') == 'int8' and not backends.AUTO_PICKS_INT8
+        assert backends.openvino_precision('fp32') == 'fp32' and backends.openvino_precision('bf16') == 'bf16'
+    monkeypatch.setattr(runtime, 'cpu_has_int8_dot_products', lambda: True)
+    monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: True)
+    monkeypatch.setattr(backends, 'nncf_installed', lambda: False)
+    assert backends.openvino_precision('auto') == 'bf16'
+    monkeypatch.setattr(backends, 'nncf_installed', lambda: True)
+    monkeypatch.setattr(backends, 'CALIBRATION_FILE', str(tmp_path / 'missing.npz'))
+    assert backends.openvino_precision('auto') == 'bf16'
 
 
 def test_a_missing_openvino_falls_back_on_auto_and_is_one_line_when_asked_for(tmp_path, monkeypatch, capsys):
@@ -400,36 +443,34 @@ def test_an_unwritable_cache_only_costs_the_export(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 @needs_openvino
-@pytest.mark.skipif(not nncf_installed(), reason="NNCF is not installed (pip install nncf)")
+@pytest.mark.skipif(not backends.nncf_installed(), reason="NNCF is not installed (pip install nncf)")
 def test_bench_times_every_backend_side_by_side_and_splits_a_video(tmp_path, monkeypatch):
     """bench.py's 'backends' section times PyTorch and OpenVINO in each precision in one run (int8
-    calibrated on a validation list of generated images here), marks what 'auto' runs, and measures
-    differences from PyTorch fp32; its 'video' section splits a small clip's time between decoding,
-    the model and encoding, and runs super_resolve.py on it with --backend=torch and 'auto'."""
+    calibrated on three generated images here), marks what 'auto' runs (int8, on a CPU with int8
+    dot products), and measures differences from PyTorch fp32; its 'video' section splits a small
+    clip's time between decoding, the model and encoding, and runs super_resolve.py on it with
+    --backend=torch and 'auto'."""
     import bench
-    folder = tmp_path / 'val'
-    folder.mkdir()
-    for seed in range(3):
-        textured_image(64, 48, seed).save(folder / f'{seed}.png')
-    val_list = tmp_path / 'val_images.json'
-    val_list.write_text(json.dumps([str(folder / f'{seed}.png') for seed in range(3)]))
-    monkeypatch.setattr(backends, 'CALIBRATION_LIST', str(val_list))
+    calibration = tmp_path / 'calibration.npz'
+    np.savez(calibration, **{f'crop_{seed:02d}': np.asarray(textured_image(16, 12, seed)) for seed in range(3)})
+    monkeypatch.setattr(backends, 'CALIBRATION_FILE', str(calibration))
     monkeypatch.setattr(runtime, 'cpu_has_bf16_matrix_units', lambda: True)  # the rows of a CPU with AMX, anywhere
     monkeypatch.setattr(runtime, 'cpu_has_bf16_arithmetic', lambda: True)
+    monkeypatch.setattr(runtime, 'cpu_has_int8_dot_products', lambda: True)
     results = bench.main(['--sections=backends,video', '--inference_sizes=[[20, 14]]', '--inference_repeats=1',
                           '--video_size=[32, 24]', '--video_frames=2', f'--results_file={tmp_path / "bench.json"}'])
     section = results['backends']
     rows = {(row['backend'], row['precision']): row for row in section['rows']}
     assert list(rows) == [('torch', 'fp32'), ('torch', 'bf16'), ('openvino', 'fp32'), ('openvino', 'bf16'),
                           ('openvino', 'int8')], section['notes']
-    assert section['auto'] == ['openvino', 'bf16'] and [key for key, row in rows.items() if row['auto']] == \
-        [('openvino', 'bf16')]
+    assert section['auto'] == ['openvino', 'int8'] and [key for key, row in rows.items() if row['auto']] == \
+        [('openvino', 'int8')]
     assert all(row['seconds'] > 0 and row['gflop_per_s'] > 0 for row in rows.values())
     assert rows['torch', 'fp32']['max_grey_diff'] == 0 and rows['openvino', 'fp32']['max_grey_diff'] <= 1
     assert rows['openvino', 'bf16']['max_grey_diff'] <= HALF_GREY_LEVELS
     assert section['auto_speedup_vs_torch_auto'] == pytest.approx(
-        rows['torch', 'bf16']['seconds'] / rows['openvino', 'bf16']['seconds'])
+        rows['torch', 'bf16']['seconds'] / rows['openvino', 'int8']['seconds'])
     clip = results['video']
-    assert clip['frames'] == 2 and clip['size'] == [32, 24] and (clip['backend'], clip['precision']) == ('openvino', 'bf16')
+    assert clip['frames'] == 2 and clip['size'] == [32, 24] and (clip['backend'], clip['precision']) == ('openvino', 'int8')
     assert sum(clip['shares'].values()) == pytest.approx(1) and min(clip['shares'].values()) > 0
     assert set(clip['script_fps']) == {'torch', 'auto'} and min(clip['script_fps'].values()) > 0
