@@ -115,7 +115,7 @@ def main(argv):
     if config.for_web:
         return export_for_web(config, argv)
     if config.write_calibration:
-        return write_calibration(config.overwrite)
+        return save_calibration(config.overwrite)
     runtime.require(config.tolerance > 0, f"tolerance must be > 0, got {config.tolerance}")
     runtime.require(config.check_sizes and all(isinstance(size, list) and len(size) == 2 and min(size) >= 1
                                                for size in config.check_sizes),
@@ -177,7 +177,7 @@ def main(argv):
     return output_path
 
 
-def write_calibration(overwrite):
+def save_calibration(overwrite):
     """Write backends.CALIBRATION_FILE, the images OpenVINO's int8 is calibrated on: the centred LR
     crops of the first validation images (backends.validation_crops), as uint8 arrays in an .npz.
     Returns its path. The file is shipped: it is replaced only with overwrite."""

@@ -955,13 +955,17 @@ def test_bf16_arithmetic_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, ex
     monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16, raising=False)
     assert runtime.cpu_has_bf16_arithmetic() is expected
     assert runtime.cpu_has_bf16_matrix_units() is amx  # the strips' test stays AMX's alone
+    assert_amx_alone_without(monkeypatch, '_is_avx512_bf16_supported', runtime.cpu_has_bf16_arithmetic, amx)
 
+
+def assert_amx_alone_without(monkeypatch, name, check, amx):
+    """`check` answers as AMX alone does where torch.cpu's test `name` fails or is missing."""
     def fails():
         raise RuntimeError('built without the check')
-    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', fails)
-    assert runtime.cpu_has_bf16_arithmetic() is amx
-    monkeypatch.delattr(torch.cpu, '_is_avx512_bf16_supported')
-    assert runtime.cpu_has_bf16_arithmetic() is amx
+    monkeypatch.setattr(torch.cpu, name, fails)
+    assert check() is amx
+    monkeypatch.delattr(torch.cpu, name)
+    assert check() is amx
 
 
 @pytest.mark.parametrize('amx, vnni, expected', [(True, False, True), (False, True, True),
@@ -972,13 +976,7 @@ def test_int8_dot_products_are_amx_or_avx512_vnni(monkeypatch, amx, vnni, expect
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, '_is_vnni_supported', lambda: vnni, raising=False)
     assert runtime.cpu_has_int8_dot_products() is expected
-
-    def fails():
-        raise RuntimeError('built without the check')
-    monkeypatch.setattr(torch.cpu, '_is_vnni_supported', fails)
-    assert runtime.cpu_has_int8_dot_products() is amx
-    monkeypatch.delattr(torch.cpu, '_is_vnni_supported')
-    assert runtime.cpu_has_int8_dot_products() is amx
+    assert_amx_alone_without(monkeypatch, '_is_vnni_supported', runtime.cpu_has_int8_dot_products, amx)
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
