@@ -33,8 +33,9 @@ repeats interleaved, so a machine busy with something else slows both alike):
    inference input, with each row's share of the measured bf16 (or fp32) convolution peak, its
    differences from PyTorch fp32 and its PSNR on `precision_images`. int8 is calibrated on the
    shipped validation crops (backends.CALIBRATION_FILE); a row that cannot run (OpenVINO, NNCF or
-   the crops missing) is a note. Then each model that runs its upsampling end on column strips (bf16 and int8 on a
-   CPU with AMX) is timed with each of `strip_widths` (super_resolve.STRIP_WIDTHS), side by side.
+   the crops missing) is a note. Then each model that runs its upsampling end on column strips
+   (bf16 and int8 on a CPU with AMX) is timed with each of `strip_widths`
+   (super_resolve.STRIP_WIDTHS), side by side.
 7. Video (section 'video', not run by default): a synthetic `video_size` clip of `video_frames`
    frames made with PyAV, and where its time goes: decoding, the model (what backend='auto' runs)
    and H.264 encoding of the 4x frames, each timed alone; then the whole clip through

@@ -49,9 +49,9 @@ import onnxruntime
 import torch
 import torch.nn.functional as F
 
+import backends
 import runtime
 import utils
-import backends
 from backends import ZeroOneSR, export_model  # the graph, which backend 'openvino' compiles too
 from models import freeze_shuffled_convolutions
 from super_resolve import model_label, prepare_for_inference, scaling_factor_of

@@ -165,7 +165,7 @@ def cpu_has_bf16_arithmetic():
 
 def cpu_has_int8_dot_products():
     """Whether this CPU multiplies int8 in hardware with AVX-512 VNNI's dot products (Intel Cascade
-    Lake, AMD Zen 4 and later; every CPU with AMX has them too), where OpenVINO's int8 ran 1.15-1.9x
+    Lake, AMD Zen 4 and later; every CPU with AMX has them too), where OpenVINO's int8 ran 1.13-1.62x
     its bf16 (backends.openvino_precision). torch exposes the test privately (torch.cpu._is_vnni_supported).
     """
     return cpu_has_bf16_matrix_units() or _torch_cpu_check('_is_vnni_supported')

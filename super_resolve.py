@@ -55,16 +55,16 @@ time left. The container work (decoding, the encoder's settings, the sound, the 
 truncated file) is video.py's.
 
 `precision` picks the arithmetic: 'auto' is fp16 on CUDA, bf16 on a CPU with bf16 arithmetic (AMX
-or AVX-512 BF16) and fp32 elsewhere (OpenVINO's 'auto': below). With the shipped models on Set14, bf16 and fp16 moved PSNR by
-at most 0.0011 dB and a pixel by at most 9 grey levels (0.2 on average), and bf16 ran 3.6-3.8x
-faster than fp32 on a Xeon with AMX, 2.1-2.2x on a Zen 4 EPYC (results/README.md has the tables);
-'fp32' gives the exact float32 result.
+or AVX-512 BF16) and fp32 elsewhere (OpenVINO's 'auto': below). With the shipped models on Set14,
+bf16 and fp16 moved PSNR by at most 0.0011 dB and a pixel by at most 9 grey levels (0.2 on
+average), and bf16 ran 3.6-3.8x faster than fp32 on a Xeon with AMX, 2.1-2.2x on a Zen 4 EPYC
+(results/README.md has the tables); 'fp32' gives the exact float32 result.
 `backend` picks the runtime: 'auto' is OpenVINO on a CPU where it is installed (backends.py: the
 graph export_onnx.py writes, exported once per model into runs/openvino_cache/), PyTorch elsewhere.
 Only OpenVINO takes precision 'int8' (NNCF, calibrated on the validation crops shipped in
 checkpoints/int8_calibration_x4.npz, once per model: about 10 s on a 2-core CPU, then cached), and
 its 'auto' is int8 on a CPU with int8 dot products (AVX-512 VNNI or AMX): with the shipped SRResNet
-and SRGAN-MSE on Set14 that cost at most 0.034 dB and moved single pixels by up to 132 grey levels
+and SRGAN-MSE on Set14 that cost at most 0.034 dB and moved single pixels by up to 131 grey levels
 (most of them in invented texture), and ran 480x270 -> 1920x1080 1.6-1.8x faster than PyTorch's
 bf16 (on a 2-core Xeon with AMX and a Zen 4 EPYC). --precision=bf16 keeps within 10 grey levels
 of fp32.
