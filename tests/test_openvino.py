@@ -234,7 +234,7 @@ def test_int8_costs_at_most_its_documented_psnr_bound(strip_width):
     assert np.abs(a - b).mean() > 0.1  # quantised: not the float model
 
 
-def test_the_shipped_calibration_is_the_validation_crops_and_a_missing_file_is_one_line(tmp_path, monkeypatch):
+def test_calibration_crops_ship_and_are_written_from_a_validation_list_and_a_bad_file_is_one_line(tmp_path, monkeypatch):
     """checkpoints/int8_calibration_x4.npz holds CALIBRATION_IMAGES uint8 crops, read as the graph's
     inputs; export_onnx.py --write_calibration=True writes them from a validation list (here a
     generated one) and keeps an existing file unless told to replace it; a missing file or list
