@@ -259,7 +259,7 @@ def validation_crops(list_path=None, n_images=CALIBRATION_IMAGES, crop=CALIBRATI
         height, width = lr_img.shape[-2:]
         top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
         lr_crop = lr_img[:, top:top + crop, left:left + crop]  # (3, crop, crop) or less, in [0, 1]
-        crops.append((lr_crop * 255).round().byte().permute(1, 2, 0).numpy())  # (crop, crop, 3) uint8
+        crops.append(np.asarray(utils.convert_image(lr_crop, source='[0, 1]', target='pil')))  # (crop, crop, 3) uint8
     return crops
 
 
@@ -283,7 +283,8 @@ def calibration_images(path=None):
                                   f"--write_calibration=True --overwrite=True` makes it anew") from None
     runtime.require(arrays and all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in arrays),
                     f"{path} holds no (h, w, 3) uint8 images to calibrate int8 on")
-    return [np.ascontiguousarray(a.transpose(2, 0, 1)[None], dtype=np.float32) / 255. for a in arrays]  # (1, 3, h, w)
+    return [utils.convert_image(Image.fromarray(a), source='pil', target='[0, 1]')[None].contiguous().numpy()
+            for a in arrays]  # (1, 3, h, w) each
 
 
 def quantize_int8(ov_model, images, image_out):

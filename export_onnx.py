@@ -181,10 +181,10 @@ def save_calibration(overwrite):
     """Write backends.CALIBRATION_FILE, the images OpenVINO's int8 is calibrated on: the centred LR
     crops of the first validation images (backends.validation_crops), as uint8 arrays in an .npz.
     Returns its path. The file is shipped: it is replaced only with overwrite."""
-    crops = backends.validation_crops()
     path = backends.CALIBRATION_FILE
-    if os.path.exists(path) and not overwrite:
+    if os.path.exists(path) and not overwrite:  # said before the work
         raise FileExistsError(f"{path} exists and is kept (--overwrite=True replaces it)")
+    crops = backends.validation_crops()
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{f'crop_{i:02d}': crop for i, crop in enumerate(crops)})  # (h, w, 3) uint8 each
     with utils.atomic_write(path, exists='replace' if overwrite else 'refuse') as f:
